@@ -1,0 +1,15 @@
+"""S3FD face detection on OpenVINO and the reference's box rules."""
+
+from face_detection.boxes import pad_box, smooth_boxes, validate_box
+from face_detection.s3fd import S3FDDetector
+
+
+class FaceNotDetectedError(ValueError):
+    """No face scored above the detector threshold (the API answers 422)."""
+
+    def __init__(self, message: str, frame_index: int | None = None) -> None:
+        super().__init__(message)
+        self.frame_index = frame_index
+
+
+__all__ = ["FaceNotDetectedError", "S3FDDetector", "pad_box", "smooth_boxes", "validate_box"]

@@ -1,0 +1,135 @@
+"""One generation request end to end: decode, detect, mel, lip-sync, encode — streaming.
+
+Frames go from the engine to the encoder batch by batch, so memory does not grow with the
+length of the speech beyond the encoded output itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+
+import numpy as np
+
+import audio
+import video_io
+from config import Settings
+from errors import AudioError
+from inference_engine import RenderOptions, Wav2LipInferenceEngine
+from util import timed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Decoded speech: the native-rate track for the video, the 16 kHz copy for the model."""
+
+    track: np.ndarray
+    track_rate: int
+    model_input: np.ndarray
+
+    @property
+    def duration(self) -> float:
+        return len(self.track) / self.track_rate
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    video: video_io.EncodedVideo
+    fps: float
+    timings_ms: dict[str, float]
+
+
+def decode_speech(data: bytes, settings: Settings) -> Speech:
+    """Decode and check speech against the configured limits (AudioError otherwise)."""
+    try:
+        track, rate = audio.read_audio(data)
+    except ValueError as exc:
+        raise AudioError(
+            f"audio could not be decoded: {exc}", code="unsupported_audio", status=415
+        ) from exc
+    duration = len(track) / rate
+    if duration > settings.max_audio_seconds:
+        raise AudioError(
+            f"audio is {duration:.1f} s long; the maximum is {settings.max_audio_seconds:g} s",
+            code="audio_too_long",
+        )
+    return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
+
+
+def decode_face(data: bytes, settings: Settings) -> video_io.DecodedVideo | np.ndarray:
+    """Image bytes -> (H, W, 3) BGR; video bytes -> DecodedVideo. MediaError when unusable."""
+    if video_io.sniff_media(data) == "video":
+        return video_io.decode_video(
+            data,
+            max_frames=settings.max_video_frames,
+            max_pixels=settings.max_image_pixels,
+            max_duration_s=settings.max_video_seconds,
+        )
+    return video_io.decode_image(data, max_pixels=settings.max_image_pixels)
+
+
+def speech_windows(speech: Speech, fps: float) -> np.ndarray:
+    """Mel windows covering the whole speech at `fps`: (N, 80, 16), N = ceil(duration * fps)."""
+    num_frames = audio.num_video_frames(len(speech.model_input), fps)
+    if num_frames < 1 or len(speech.model_input) < audio.N_FFT // 2 + 1:
+        raise AudioError(
+            f"audio is {speech.duration * 1000:.0f} ms long; at least one video frame "
+            f"({1000 / fps:.0f} ms) is needed",
+            code="audio_too_short",
+        )
+    return audio.mel_chunks(audio.melspectrogram(speech.model_input), fps, num_frames)
+
+
+def _single_frames(
+    batches: Iterator[np.ndarray], timings: MutableMapping[str, float]
+) -> Iterator[np.ndarray]:
+    """Flatten frame batches; time spent producing them is booked as `produce`."""
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        timings["produce"] = timings.get("produce", 0.0) + time.perf_counter() - start
+        if batch is None:
+            return
+        yield from batch
+
+
+def generate(
+    engine: Wav2LipInferenceEngine,
+    face: np.ndarray | video_io.DecodedVideo,
+    speech: Speech,
+    options: RenderOptions,
+    encode_options: video_io.EncodeOptions,
+) -> GenerationResult:
+    """Lip-sync `face` (image or decoded video) to `speech` and encode it with the speech track."""
+    timings: dict[str, float] = {}
+    if isinstance(face, video_io.DecodedVideo):
+        options = dataclasses.replace(options, fps=face.fps)
+        frames = face.frames
+    else:
+        frames = face
+    with timed(timings, "mel"):
+        windows = speech_windows(speech, options.fps)
+    prepared = engine.prepare_face(frames, options, max_frames=len(windows), timings=timings)
+    height, width = prepared.frames.shape[1:3]
+    batches = engine.iter_frames(prepared, windows, options.model, timings)
+    with timed(timings, "encode"):
+        video = video_io.encode_video(
+            _single_frames(batches, timings),
+            width=width,
+            height=height,
+            fps=options.fps,
+            audio=speech.track,
+            sample_rate=speech.track_rate,
+            options=encode_options,
+        )
+    timings["encode"] -= timings.pop("produce", 0.0)
+    return GenerationResult(
+        video=video,
+        fps=options.fps,
+        timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in timings.items()},
+    )

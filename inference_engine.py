@@ -1,0 +1,339 @@
+"""Wav2LipInferenceEngine: face detection, mel windows and batched lip-sync on OpenVINO.
+
+The pipeline follows the reference implementation (Rudrabha/Wav2Lip `inference.py`) step by
+step, so that with the same weights and f32 precision it produces the same frames:
+
+1. face boxes: S3FD on each (used) frame, the top detection padded by `pads`, clipped to the
+   frame, smoothed over 5 frames; or an explicit `box` for every frame;
+2. crops resized to 96x96 (bilinear);
+3. per video frame i, the mel window starting at column int(i * 80 / fps);
+4. generator input: crop with its lower half zeroed + crop, /255; batches of `batch_size`;
+5. output * 255 truncated to uint8, resized (bilinear) to the box and pasted into the frame.
+
+Frames are produced batch by batch (`iter_frames`), so a caller can encode while the next
+batch is generated and never hold a whole long clip in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+
+import audio
+from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
+from face_detection import s3fd as s3fd_module
+from ov_runtime import CompiledNetwork, make_core, resolve_precision
+from util import batched, timed
+from wav2lip_model import FACE_SIZE, GENERATOR_NAMES, Wav2LipGenerator, face_input
+from wav2lip_model import add_preprocessing as add_generator_preprocessing
+
+logger = logging.getLogger(__name__)
+
+DETECTOR_NAME = "face_detection"
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_PADS = (0, 10, 0, 0)
+MAX_FPS = 60.0
+
+Box = tuple[int, int, int, int]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model's IR files are not in the models directory (the API answers 503)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        super().__init__(f"model {name!r} is not installed (expected {path})")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to turn a face and speech into frames. Validated here, once."""
+
+    fps: float = 25.0
+    pads: tuple[int, int, int, int] = DEFAULT_PADS
+    box: Box | None = None
+    smooth: bool = True
+    model: str = "wav2lip"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fps, int | float) and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a number, got {self.fps!r}")
+        if not 1.0 <= self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be between 1 and {MAX_FPS:g}, got {self.fps!r}")
+        if len(self.pads) != 4 or any(
+            not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in self.pads
+        ):
+            raise ValueError(f"pads must be 4 non-negative integers, got {self.pads!r}")
+        if self.box is not None and (
+            len(self.box) != 4
+            or any(not isinstance(v, int) or isinstance(v, bool) for v in self.box)
+        ):
+            raise ValueError(f"box must be 4 integers (top, bottom, left, right), got {self.box!r}")
+        if self.model not in GENERATOR_NAMES:
+            raise ValueError(f"model must be one of {GENERATOR_NAMES}, got {self.model!r}")
+
+
+@dataclass(frozen=True)
+class PreparedFace:
+    """Frames with their face boxes and 96x96 crops, ready for lip-sync.
+
+    frames: (M, H, W, 3) uint8 BGR (M = 1 for an image); boxes: (M, 4) int64
+    `(top, bottom, left, right)`; crops: (M, 96, 96, 3) uint8.
+    """
+
+    frames: np.ndarray
+    boxes: np.ndarray
+    crops: np.ndarray
+    inputs: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", face_input(self.crops))
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+
+def as_frames(face: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """A BGR image (H, W, 3) or frames (M, H, W, 3) / list of them -> (M, H, W, 3) uint8."""
+    frames = np.asarray(face)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or 0 in frames.shape:
+        raise ValueError(f"face must be a BGR image or frames, got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"face frames must be uint8, got {frames.dtype}")
+    return frames
+
+
+def frame_order(num_output: int, num_source: int) -> np.ndarray:
+    """Source frame index for each output frame: forward, then backward, and so on.
+
+    A clip shorter than the speech plays 0, 1, ..., M-1, M-2, ..., 1, 0, 1, ... so it never
+    jumps. Returns (num_output,) int64.
+    """
+    if num_source == 1:
+        return np.zeros(num_output, dtype=np.int64)
+    period = 2 * num_source - 2
+    phase = np.arange(num_output) % period
+    return np.where(phase < num_source, phase, period - phase)
+
+
+def crop_faces(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Crop each frame to its box and resize to 96x96 (bilinear). -> (M, 96, 96, 3) uint8."""
+    return np.stack(
+        [
+            cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+            for frame, (y1, y2, x1, x2) in zip(frames, boxes, strict=True)
+        ]
+    )
+
+
+def paste_faces(frames: np.ndarray, boxes: np.ndarray, mouths: np.ndarray) -> np.ndarray:
+    """Paste generated 96x96 faces into their frames, in place, and return the frames.
+
+    frames: (k, H, W, 3) uint8, writable and owned by the caller; boxes: (k, 4)
+    `(top, bottom, left, right)`; mouths: (k, 96, 96, 3) uint8.
+    """
+    for frame, (y1, y2, x1, x2), mouth in zip(frames, boxes, mouths, strict=True):
+        frame[y1:y2, x1:x2] = cv2.resize(mouth, (int(x2 - x1), int(y2 - y1)))
+    return frames
+
+
+class Wav2LipInferenceEngine:
+    """Lip-sync with OpenVINO. Thread-safe; each model is compiled on first use, once.
+
+    models_dir holds `face_detection.xml`, `wav2lip.xml` and optionally `wav2lip_gan.xml`
+    (written by convert_to_openvino.py). precision: "auto" (bf16 where the CPU has it,
+    else f32), "f32" (parity with the PyTorch reference) or "bf16".
+    """
+
+    def __init__(
+        self,
+        models_dir: str | Path,
+        device: str = "CPU",
+        precision: str = "auto",
+        *,
+        cache_dir: str | Path | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.models_dir = Path(models_dir)
+        self.device = device
+        self.batch_size = batch_size
+        self.core: ov.Core = make_core(cache_dir)
+        self.precision = resolve_precision(self.core, device, precision)
+        self._networks = {
+            DETECTOR_NAME: self._network(DETECTOR_NAME, s3fd_module.add_preprocessing),
+            **{name: self._network(name, add_generator_preprocessing) for name in GENERATOR_NAMES},
+        }
+        self.detector = S3FDDetector(self._networks[DETECTOR_NAME])
+        self._generators = {
+            name: Wav2LipGenerator(self._networks[name]) for name in GENERATOR_NAMES
+        }
+
+    def _network(self, name: str, preprocess) -> CompiledNetwork:
+        return CompiledNetwork(
+            self.core,
+            self.models_dir / f"{name}.xml",
+            device=self.device,
+            precision=self.precision,
+            preprocess=preprocess,
+        )
+
+    # -- models ----------------------------------------------------------------------------
+
+    def model_status(self) -> dict[str, dict]:
+        """Per model: whether its files are present, whether it is compiled, compile time."""
+        return {
+            name: {
+                "present": net.present,
+                "compiled": net.compiled,
+                "compile_s": net.compile_seconds,
+            }
+            for name, net in self._networks.items()
+        }
+
+    def compile(self, names: Sequence[str] | None = None) -> None:
+        """Compile the given (default: all present) models now instead of on first use."""
+        for name in names or [n for n, net in self._networks.items() if net.present]:
+            self._require(name).compile()
+
+    def _require(self, name: str) -> CompiledNetwork:
+        net = self._networks[name]
+        if not net.present:
+            raise ModelNotFoundError(name, net.xml_path)
+        return net
+
+    # -- faces -----------------------------------------------------------------------------
+
+    def detect_face(self, img: np.ndarray) -> Box:
+        """Top S3FD detection of a BGR image as integer `(x1, y1, x2, y2)`."""
+        return self.detect_faces(as_frames(img))[0]
+
+    def detect_faces(self, frames: np.ndarray) -> list[Box]:
+        """Top detection per frame; raises FaceNotDetectedError naming the first bad frame."""
+        self._require(DETECTOR_NAME)
+        rects = self.detector.detect_best(frames)
+        for index, rect in enumerate(rects):
+            if rect is None:
+                where = f" in frame {index}" if len(frames) > 1 else ""
+                raise FaceNotDetectedError(f"no face detected{where}", frame_index=index)
+        return rects
+
+    def face_boxes(
+        self, frames: np.ndarray, pads: tuple[int, int, int, int], smooth: bool
+    ) -> np.ndarray:
+        """The reference's `face_detect`: detect, pad, clip, smooth. -> (M, 4) int64."""
+        rects = self.detect_faces(frames)
+        boxes = np.array([pad_box(r, pads, frames.shape[1:]) for r in rects], dtype=np.int64)
+        if smooth:
+            boxes = smooth_boxes(boxes)
+        for index, (y1, y2, x1, x2) in enumerate(boxes):
+            if y2 <= y1 or x2 <= x1:
+                raise FaceNotDetectedError(f"face box in frame {index} is empty", frame_index=index)
+        return boxes
+
+    def prepare_face(
+        self,
+        face: np.ndarray | Sequence[np.ndarray],
+        options: RenderOptions = RenderOptions(),
+        *,
+        max_frames: int | None = None,
+        timings: MutableMapping[str, float] | None = None,
+    ) -> PreparedFace:
+        """Boxes and crops for an image or the first `max_frames` frames of a video."""
+        frames = as_frames(face)[:max_frames]
+        with timed(timings, "detect"):
+            if options.box is not None:
+                box = validate_box(options.box, frames.shape[1:])
+                boxes = np.tile(np.array(box, dtype=np.int64), (len(frames), 1))
+            else:
+                boxes = self.face_boxes(frames, options.pads, options.smooth)
+            crops = crop_faces(frames, boxes)
+        return PreparedFace(frames=frames, boxes=boxes, crops=crops)
+
+    # -- audio -----------------------------------------------------------------------------
+
+    def audio_to_mel_chunks(
+        self,
+        speech: np.ndarray | str | Path | bytes,
+        fps: float = 25.0,
+        num_frames: int | None = None,
+    ) -> np.ndarray:
+        """Speech (path, bytes or 16 kHz float array) -> (N, 80, 16) float32 mel windows."""
+        return audio.mel_chunks(audio.melspectrogram(audio.load_audio(speech)), fps, num_frames)
+
+    # -- lip-sync --------------------------------------------------------------------------
+
+    def generator(self, model: str = "wav2lip") -> Wav2LipGenerator:
+        if model not in self._generators:
+            raise ValueError(f"model must be one of {GENERATOR_NAMES}, got {model!r}")
+        self._require(model)
+        return self._generators[model]
+
+    def generate_lip_sync(
+        self, face_img: np.ndarray, mel_chunks: np.ndarray, model: str = "wav2lip"
+    ) -> np.ndarray:
+        """Mouths for one face crop (any size, BGR) and N mel windows -> (N, 96, 96, 3) uint8."""
+        crop = cv2.resize(as_frames(face_img)[0], (FACE_SIZE, FACE_SIZE))
+        faces = face_input(crop[None])
+        generator = self.generator(model)
+        parts = [
+            generator.infer(mels, np.broadcast_to(faces, (len(mels), *faces.shape[1:])))
+            for mels in batched(mel_chunks, self.batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+
+    def iter_frames(
+        self,
+        prepared: PreparedFace,
+        mel_chunks: np.ndarray,
+        model: str = "wav2lip",
+        timings: MutableMapping[str, float] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size."""
+        generator = self.generator(model)
+        order = frame_order(len(mel_chunks), prepared.num_frames)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            mels = mel_chunks[start : start + len(idx)]
+            with timed(timings, "infer"):
+                mouths = generator.infer(mels, prepared.inputs[idx])
+            with timed(timings, "paste"):
+                # Fancy indexing copies, so the pasted frames never alias the prepared ones.
+                frames = paste_faces(prepared.frames[idx], prepared.boxes[idx], mouths)
+            yield frames
+
+    def render(
+        self,
+        face: np.ndarray | Sequence[np.ndarray],
+        speech: np.ndarray | str | Path | bytes,
+        *,
+        fps: float = 25.0,
+        pads: tuple[int, int, int, int] = DEFAULT_PADS,
+        box: Box | None = None,
+        smooth: bool = True,
+        model: str = "wav2lip",
+        num_frames: int | None = None,
+    ) -> np.ndarray:
+        """Full frames with synced lips: (N, H, W, 3) uint8 BGR.
+
+        face: BGR image or video frames; speech: path, bytes or 16 kHz float array; box:
+        explicit `(top, bottom, left, right)` that skips detection. N follows the reference's
+        mel windowing unless `num_frames` asks for an exact count.
+        """
+        options = RenderOptions(
+            fps=fps, pads=tuple(pads), box=box and tuple(box), smooth=smooth, model=model
+        )
+        mel_chunks = self.audio_to_mel_chunks(speech, options.fps, num_frames)
+        prepared = self.prepare_face(face, options, max_frames=len(mel_chunks))
+        return np.concatenate(list(self.iter_frames(prepared, mel_chunks, options.model)))

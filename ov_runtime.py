@@ -1,0 +1,118 @@
+"""OpenVINO plumbing shared by the compiled networks: precision choice, compile, request pool."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openvino as ov
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def cpu_supports_bf16(core: ov.Core, device: str = "CPU") -> bool:
+    """True when the device executes bf16 natively (AVX-512 BF16 / AMX on CPUs)."""
+    try:
+        return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(core: ov.Core, device: str, precision: str) -> str:
+    """Map a requested precision ("auto", "f32", "bf16") to the one actually used."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if cpu_supports_bf16(core, device) else "f32"
+    if precision == "bf16" and not cpu_supports_bf16(core, device):
+        raise ValueError(f"precision 'bf16' is not supported by device {device!r}")
+    return precision
+
+
+def make_core(cache_dir: str | Path | None = None) -> ov.Core:
+    """An OpenVINO core; with `cache_dir`, compiled blobs are cached there across restarts."""
+    core = ov.Core()
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(cache_dir)})
+    return core
+
+
+class CompiledNetwork:
+    """A network compiled on first use (once, thread-safely) with a pool of infer requests.
+
+    `preprocess` may rewrite the read model (e.g. with `ov.preprocess.PrePostProcessor`)
+    before compilation; it receives and returns an `ov.Model`.
+    """
+
+    def __init__(
+        self,
+        core: ov.Core,
+        xml_path: str | Path,
+        *,
+        device: str,
+        precision: str,
+        preprocess: Callable[[ov.Model], ov.Model] | None = None,
+        extra_config: dict | None = None,
+    ) -> None:
+        self.core = core
+        self.xml_path = Path(xml_path)
+        self.device = device
+        self.precision = precision
+        self._preprocess = preprocess
+        self._config = {"INFERENCE_PRECISION_HINT": precision, **(extra_config or {})}
+        self._compiled: ov.CompiledModel | None = None
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
+        self.compile_seconds: float | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.xml_path.is_file() and self.xml_path.with_suffix(".bin").is_file()
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def compile(self) -> ov.CompiledModel:
+        """Read, preprocess and compile the IR once; later calls return the same object."""
+        if self._compiled is not None:
+            return self._compiled
+        with self._lock:
+            if self._compiled is None:
+                if not self.present:
+                    raise FileNotFoundError(f"model files not found: {self.xml_path}(.bin)")
+                start = time.perf_counter()
+                model = self.core.read_model(self.xml_path)
+                if self._preprocess is not None:
+                    model = self._preprocess(model)
+                self._compiled = self.core.compile_model(model, self.device, self._config)
+                self.compile_seconds = time.perf_counter() - start
+                logger.info(
+                    "compiled %s on %s (%s) in %.2f s",
+                    self.xml_path.name,
+                    self.device,
+                    self.precision,
+                    self.compile_seconds,
+                )
+        return self._compiled
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[ov.InferRequest]:
+        """Borrow an infer request (requests are not thread-safe; the pool makes them so)."""
+        compiled = self.compile()
+        try:
+            req = self._requests.get_nowait()
+        except queue.Empty:
+            req = compiled.create_infer_request()
+        try:
+            yield req
+        finally:
+            self._requests.put(req)

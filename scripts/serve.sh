@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command: install the service, provide the models, run gunicorn on $PORT (default 5001).
+#
+# Models: converted from checkpoints/{wav2lip,wav2lip_gan,s3fd}.pth when present, else
+# downloaded (set WAV2LIP_URL etc.). `--untrained` converts seeded random weights instead:
+# the API works end to end but mouths are meaningless (for trying the service).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODELS_DIR=${LIPSYNC_MODELS_DIR:-models}
+export LIPSYNC_MODELS_DIR=$MODELS_DIR
+
+if [ ! -f "$MODELS_DIR/wav2lip.xml" ] || [ ! -f "$MODELS_DIR/face_detection.xml" ]; then
+    ./scripts/setup.sh dev   # the converter needs torch; the server does not
+    if [ "${1:-}" = "--untrained" ]; then
+        args=(--random-init 0)
+    elif [ -f checkpoints/wav2lip.pth ] && [ -f checkpoints/s3fd.pth ]; then
+        args=(--wav2lip checkpoints/wav2lip.pth --s3fd checkpoints/s3fd.pth)
+        [ -f checkpoints/wav2lip_gan.pth ] && args+=(--wav2lip-gan checkpoints/wav2lip_gan.pth)
+    else
+        args=(--download --checkpoint-dir checkpoints)
+    fi
+    .venv/bin/python convert_to_openvino.py "${args[@]}" --output-dir "$MODELS_DIR" ||
+        echo "WARNING: no models converted; the server starts degraded (see GET /health)." >&2
+fi
+./scripts/setup.sh
+exec .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: install everything the tests need, lint, and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,91 @@
+"""Shared fixtures: untrained models made by the real converter, test media.
+
+No trained weights exist on test machines. `untrained_models` writes seeded random-init
+checkpoints in the official formats and converts them with convert_to_openvino.py, once,
+cached under .cache/test-models/ keyed by the converter's source (so an edited network or
+converter is converted again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "test_assets"
+SEED = 0
+# The test photo's face as (top, bottom, left, right), read off the image by eye.
+FACE_BOX = (50, 180, 165, 280)
+
+
+def _source_key() -> str:
+    digest = hashlib.sha256(str(SEED).encode())
+    for path in sorted([ROOT / "convert_to_openvino.py", *(ROOT / "networks").glob("*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run `build(tmp_dir)` unless `target` exists; publish the result atomically."""
+    if (target / "manifest.json").is_file():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process published it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def untrained_models() -> Path:
+    """A models dir with wav2lip, wav2lip_gan and face_detection IR from random-init weights."""
+    import convert_to_openvino
+
+    def build(tmp: Path) -> None:
+        assert convert_to_openvino.main(["--random-init", str(SEED), "--output-dir", str(tmp)]) == 0
+
+    return _build_once(ROOT / ".cache" / "test-models" / _source_key(), build)
+
+
+@pytest.fixture(scope="session")
+def blind_models(untrained_models: Path) -> Path:
+    """Like `untrained_models`, but the detector's face logits are pushed far down: it is
+    a real network that never finds a face, for the face_not_detected paths."""
+    import convert_to_openvino
+
+    def build(tmp: Path) -> None:
+        state = convert_to_openvino.load_s3fd_state_dict(
+            untrained_models / "untrained-checkpoints" / "s3fd.pth"
+        )
+        for name, tensor in state.items():
+            if "mbox_conf" in name and name.endswith("bias"):
+                tensor[-1] = -1e4  # the face channel of every confidence head
+        convert_to_openvino.convert_s3fd(state, tmp / "face_detection.xml")
+        for name in ("wav2lip", "wav2lip_gan"):
+            for ext in (".xml", ".bin"):
+                os.symlink(untrained_models / f"{name}{ext}", tmp / f"{name}{ext}")
+        (tmp / "manifest.json").write_text("{}")
+
+    return _build_once(untrained_models.with_name(untrained_models.name + "-blind"), build)
+
+
+@pytest.fixture(scope="session")
+def face_image() -> np.ndarray:
+    """The 512x512 test portrait, BGR uint8."""
+    return cv2.imread(str(ASSETS / "face.jpg"))
+
+
+@pytest.fixture(scope="session")
+def speech_bytes() -> bytes:
+    """5.5 s of 16 kHz mono speech (espeak-ng), as a WAV file."""
+    return (ASSETS / "speech.wav").read_bytes()

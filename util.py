@@ -1,0 +1,29 @@
+"""Small helpers shared across the pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import TypeVar
+
+T = TypeVar("T", bound=Sequence)
+
+
+def batched(items: T, size: int) -> Iterator[T]:
+    """Consecutive slices of `items` of length `size` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the wall time of the block, in seconds, to `timings[stage]` (no-op for None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
