@@ -73,6 +73,7 @@ def create_app(
     settings = Settings.load(overrides)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes  # base64 media in form fields
     app.json.sort_keys = False
     app.extensions[EXTENSION] = EngineHolder(settings, engine)
     register_error_handlers(app)
@@ -115,11 +116,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(FaceNotDetectedError)
     def _no_face(exc: FaceNotDetectedError):
-        return error_response(422, "face_not_detected", str(exc))
+        hint = "; send a clear, frontal face or an explicit box [top, bottom, left, right]"
+        return error_response(422, "face_not_detected", f"{exc}{hint}")
 
     @app.errorhandler(ModelNotFoundError)
     def _no_model(exc: ModelNotFoundError):
         return error_response(503, "model_unavailable", f"{exc}; install it with: {SETUP_COMMAND}")
+
+    @app.errorhandler(ValueError)
+    def _invalid(exc: ValueError):  # library code names the bad value
+        return error_response(422, "invalid_input", str(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

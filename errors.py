@@ -30,7 +30,8 @@ class InvalidFieldError(ServiceError):
     code = "invalid_field"
 
     def __init__(self, field: str, message: str, *, code: str | None = None) -> None:
-        super().__init__(f"{field}: {message}", code=code, field=field)
+        text = message if message.startswith(field) else f"{field}: {message}"
+        super().__init__(text, code=code, field=field)
 
 
 class AudioError(ServiceError):

@@ -17,8 +17,8 @@ import numpy as np
 import audio
 import video_io
 from config import Settings
-from errors import AudioError
-from inference_engine import RenderOptions, Wav2LipInferenceEngine
+from errors import AudioError, ServiceError
+from inference_engine import MAX_FPS, RenderOptions, Wav2LipInferenceEngine
 from util import timed
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def decode_face(data: bytes, settings: Settings) -> video_io.DecodedVideo | np.n
 def speech_windows(speech: Speech, fps: float) -> np.ndarray:
     """Mel windows covering the whole speech at `fps`: (N, 80, 16), N = ceil(duration * fps)."""
     num_frames = audio.num_video_frames(len(speech.model_input), fps)
-    if num_frames < 1 or len(speech.model_input) < audio.N_FFT // 2 + 1:
+    if num_frames < 1 or len(speech.model_input) < audio.MIN_MEL_SAMPLES:
         raise AudioError(
             f"audio is {speech.duration * 1000:.0f} ms long; at least one video frame "
             f"({1000 / fps:.0f} ms) is needed",
@@ -108,6 +108,12 @@ def generate(
     """Lip-sync `face` (image or decoded video) to `speech` and encode it with the speech track."""
     timings: dict[str, float] = {}
     if isinstance(face, video_io.DecodedVideo):
+        if not 1 <= face.fps <= MAX_FPS:
+            raise ServiceError(
+                f"video frame rate {face.fps:g} is outside 1..{MAX_FPS:g} fps",
+                code="invalid_video",
+                status=422,
+            )
         options = dataclasses.replace(options, fps=face.fps)
         frames = face.frames
     else:
