@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import math
@@ -16,11 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import openvino as ov
-from flask import Flask, Request, current_app, jsonify, request
+from flask import Flask, Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import generation
 import video_io
+from avatars import Avatar, AvatarStore, check_avatar_id
 from config import FORMATS, Settings
 from errors import InvalidFieldError, ServiceError
 from face_detection import FaceNotDetectedError
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_MODELS = (DETECTOR_NAME, "wav2lip")
 SETUP_COMMAND = "python convert_to_openvino.py --wav2lip CKPT --s3fd CKPT --output-dir MODELS_DIR"
 EXTENSION = "lipsync"
+VIDEO_MIME_TYPES = {"video/webm": "webm", "video/mp4": "mp4"}
 
 
 class EngineHolder:
@@ -45,11 +48,28 @@ class EngineHolder:
     def __init__(self, settings: Settings, engine: Wav2LipInferenceEngine | None = None) -> None:
         self.settings = settings
         self._engine = engine
-        self._lock = threading.Lock()
+        self._store: AvatarStore | None = None
+        self._lock = threading.RLock()
 
     @property
     def created(self) -> bool:
         return self._engine is not None
+
+    @property
+    def store(self) -> AvatarStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    s = self.settings
+                    self._store = AvatarStore(
+                        s.avatar_dir,
+                        int(s.avatar_cache_mb * 1024 * 1024),
+                        decode=lambda data: generation.decode_face(data, s),
+                        prepare=lambda frames, options, timings: self.get().prepare_face(
+                            frames, options, timings=timings
+                        ),
+                    )
+        return self._store
 
     def get(self) -> Wav2LipInferenceEngine:
         if self._engine is None:
@@ -80,6 +100,10 @@ def create_app(
     app.add_url_rule("/", view_func=index)
     app.add_url_rule("/health", view_func=health)
     app.add_url_rule("/api/generate", view_func=generate_video, methods=["POST"])
+    app.add_url_rule("/api/avatars", view_func=register_avatar, methods=["POST"])
+    app.add_url_rule("/api/avatars", view_func=list_avatars, methods=["GET"])
+    app.add_url_rule("/api/avatars/<avatar_id>", view_func=get_avatar, methods=["GET"])
+    app.add_url_rule("/api/avatars/<avatar_id>", view_func=delete_avatar, methods=["DELETE"])
     return app
 
 
@@ -293,36 +317,111 @@ def health():
     return jsonify(body), 200 if can_generate else 503
 
 
+def lookup_avatar(avatar_id: Any) -> Avatar:
+    """The stored avatar or a 400 (malformed id) / 404 (unknown id)."""
+    try:
+        avatar = holder().store.get(check_avatar_id(avatar_id))
+    except ValueError as exc:
+        raise InvalidFieldError("avatar_id", str(exc), code="invalid_avatar_id") from None
+    if avatar is None:
+        raise ServiceError(f"avatar {avatar_id} not found", code="avatar_not_found", status=404)
+    return avatar
+
+
+def face_media(media: Mapping[str, bytes]) -> bytes:
+    face = media.get("image") or media.get("video")
+    if face is None:
+        raise InvalidFieldError(
+            "image",
+            "is required (base64 image/video, a file upload, or avatar_id)",
+            code="missing_field",
+        )
+    return face
+
+
+def register_avatar():
+    fields, media = read_fields(request)
+    options, _ = parse_options(fields, holder().settings)
+    avatar, created = holder().store.get_or_create(face_media(media), options, persist=True)
+    return jsonify({**avatar.meta(), "created": created}), 201 if created else 200
+
+
+def list_avatars():
+    return jsonify({"avatars": holder().store.list()})
+
+
+def get_avatar(avatar_id: str):
+    return jsonify(lookup_avatar(avatar_id).meta())
+
+
+def delete_avatar(avatar_id: str):
+    try:
+        deleted = holder().store.delete(check_avatar_id(avatar_id))
+    except ValueError as exc:
+        raise InvalidFieldError("avatar_id", str(exc), code="invalid_avatar_id") from None
+    if not deleted:
+        raise ServiceError(f"avatar {avatar_id} not found", code="avatar_not_found", status=404)
+    return jsonify({"success": True, "avatar_id": avatar_id, "deleted": True})
+
+
+def response_mode(fields: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """(binary?, container implied by Accept) from `response` and the Accept header."""
+    if fields.get("response") not in (None, "json", "binary"):
+        raise InvalidFieldError(
+            "response", f"must be 'json' or 'binary', got {fields['response']!r}"
+        )
+    best = request.accept_mimetypes.best_match(["application/json", *VIDEO_MIME_TYPES])
+    container = VIDEO_MIME_TYPES.get(best)
+    return fields.get("response") == "binary" or container is not None, container
+
+
 def generate_video():
     settings = holder().settings
     fields, media = read_fields(request)
-    options, fmt = parse_options(fields, settings)
-    face_bytes = media.get("image") or media.get("video")
-    if face_bytes is None:
-        raise InvalidFieldError(
-            "image", "is required (base64 JPEG/PNG, or a file upload)", code="missing_field"
-        )
+    binary, accepted_container = response_mode(fields)
+    options, fmt = parse_options({"format": accepted_container, **fields}, settings)
+    options = dataclasses.replace(options, fill_missing_faces=settings.fill_missing_faces)
+    avatar_id = fields.get("avatar_id")
+    face = None if avatar_id is not None else face_media(media)
     if "audio" not in media:
         raise InvalidFieldError(
             "audio", "is required (base64 WAV, or a file upload)", code="missing_field"
         )
-    engine = holder().get()
     speech = generation.decode_speech(media["audio"], settings)
-    face = generation.decode_face(face_bytes, settings)
+    timings: dict[str, float] = {}
+    if avatar_id is not None:
+        avatar = lookup_avatar(avatar_id)
+    else:
+        avatar, _ = holder().store.get_or_create(face, options, persist=False, timings=timings)
+    if avatar.fps is not None:
+        options = dataclasses.replace(options, fps=avatar.fps)
     result = generation.generate(
-        engine, face, speech, options, video_io.EncodeOptions(container=fmt)
+        holder().get(),
+        avatar.prepared,
+        speech,
+        options,
+        video_io.EncodeOptions(container=fmt),
+        timings,
     )
-    video = result.video
-    return jsonify(
-        {
-            "success": True,
-            "video": base64.b64encode(video.data).decode("ascii"),
-            "mime_type": video.mime_type,
-            "num_frames": video.num_frames,
-            "duration": round(video.duration, 3),
-            "fps": result.fps,
-            "width": video.width,
-            "height": video.height,
-            "timings_ms": result.timings_ms,
+    meta = {
+        "mime_type": result.video.mime_type,
+        "num_frames": result.video.num_frames,
+        "duration": round(result.video.duration, 3),
+        "fps": result.fps,
+        "width": result.video.width,
+        "height": result.video.height,
+        "avatar_id": avatar.avatar_id,
+        "timings_ms": result.timings_ms,
+    }
+    if binary:
+        headers = {
+            f"X-{key.title().replace('_', '-')}": _header(value) for key, value in meta.items()
         }
+        return Response(result.video.data, mimetype=result.video.mime_type, headers=headers)
+    return jsonify(
+        {"success": True, "video": base64.b64encode(result.video.data).decode("ascii"), **meta}
     )
+
+
+def _header(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)

@@ -35,12 +35,17 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     max_video_frames: int = 750
     max_video_seconds: float = 30.0
+    # Prepared avatars: on disk here (None: memory only), and at most this much in memory.
+    avatar_dir: Path | None = PROJECT_DIR / ".cache" / "avatars"
+    avatar_cache_mb: float = 1024.0
+    # A video frame without a face: 422 naming it (false) or use the nearest frame's box.
+    fill_missing_faces: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_image_pixels", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_body_mb", "max_audio_seconds", "max_video_seconds"):
+        for name in ("max_body_mb", "max_audio_seconds", "max_video_seconds", "avatar_cache_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.default_format not in FORMATS:
@@ -85,13 +90,13 @@ def _parse(name: str, raw: str, default: Any) -> Any:
             raise ValueError(
                 f"{ENV_PREFIX}{name.upper()} must be a {type(default).__name__}, got {raw!r}"
             ) from None
-    if name == "cache_dir" and raw.lower() in ("none", "off"):
+    if name in ("cache_dir", "avatar_dir") and raw.lower() in ("none", "off"):
         return None
     return raw
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Path fields accept strings."""
-    if name in ("models_dir", "cache_dir") and value is not None:
+    if name in ("models_dir", "cache_dir", "avatar_dir") and value is not None:
         return Path(value)
     return value

@@ -6,7 +6,6 @@ length of the speech beyond the encoded output itself.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -18,7 +17,7 @@ import audio
 import video_io
 from config import Settings
 from errors import AudioError, ServiceError
-from inference_engine import MAX_FPS, RenderOptions, Wav2LipInferenceEngine
+from inference_engine import MAX_FPS, PreparedFace, RenderOptions, Wav2LipInferenceEngine
 from util import timed
 
 logger = logging.getLogger(__name__)
@@ -61,16 +60,24 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
     return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
 
 
-def decode_face(data: bytes, settings: Settings) -> video_io.DecodedVideo | np.ndarray:
-    """Image bytes -> (H, W, 3) BGR; video bytes -> DecodedVideo. MediaError when unusable."""
-    if video_io.sniff_media(data) == "video":
-        return video_io.decode_video(
-            data,
-            max_frames=settings.max_video_frames,
-            max_pixels=settings.max_image_pixels,
-            max_duration_s=settings.max_video_seconds,
+def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | None]:
+    """Image or video bytes -> ((M, H, W, 3) uint8 BGR frames, the video's fps or None).
+
+    MediaError when the data is not usable; ServiceError for a frame rate out of range.
+    """
+    if video_io.sniff_media(data) != "video":
+        return video_io.decode_image(data, max_pixels=settings.max_image_pixels)[None], None
+    video = video_io.decode_video(
+        data,
+        max_frames=settings.max_video_frames,
+        max_pixels=settings.max_image_pixels,
+        max_duration_s=settings.max_video_seconds,
+    )
+    if not 1 <= video.fps <= MAX_FPS:
+        raise ServiceError(
+            f"video frame rate {video.fps:g} is outside 1..{MAX_FPS:g} fps", code="invalid_video"
         )
-    return video_io.decode_image(data, max_pixels=settings.max_image_pixels)
+    return np.stack(video.frames), video.fps
 
 
 def speech_windows(speech: Speech, fps: float) -> np.ndarray:
@@ -100,27 +107,21 @@ def _single_frames(
 
 def generate(
     engine: Wav2LipInferenceEngine,
-    face: np.ndarray | video_io.DecodedVideo,
+    prepared: PreparedFace,
     speech: Speech,
     options: RenderOptions,
     encode_options: video_io.EncodeOptions,
+    timings: dict[str, float] | None = None,
+    *,
+    include_audio: bool = True,
 ) -> GenerationResult:
-    """Lip-sync `face` (image or decoded video) to `speech` and encode it with the speech track."""
-    timings: dict[str, float] = {}
-    if isinstance(face, video_io.DecodedVideo):
-        if not 1 <= face.fps <= MAX_FPS:
-            raise ServiceError(
-                f"video frame rate {face.fps:g} is outside 1..{MAX_FPS:g} fps",
-                code="invalid_video",
-                status=422,
-            )
-        options = dataclasses.replace(options, fps=face.fps)
-        frames = face.frames
-    else:
-        frames = face
+    """Lip-sync a prepared face to `speech` at `options.fps`; encode with the speech track.
+
+    `timings` may already hold earlier stages (seconds); the result reports all in ms.
+    """
+    timings = {} if timings is None else timings
     with timed(timings, "mel"):
         windows = speech_windows(speech, options.fps)
-    prepared = engine.prepare_face(frames, options, max_frames=len(windows), timings=timings)
     height, width = prepared.frames.shape[1:3]
     batches = engine.iter_frames(prepared, windows, options.model, timings)
     with timed(timings, "encode"):
@@ -129,7 +130,7 @@ def generate(
             width=width,
             height=height,
             fps=options.fps,
-            audio=speech.track,
+            audio=speech.track if include_audio else None,
             sample_rate=speech.track_rate,
             options=encode_options,
         )

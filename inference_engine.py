@@ -61,6 +61,8 @@ class RenderOptions:
     box: Box | None = None
     smooth: bool = True
     model: str = "wav2lip"
+    # A video frame without a face: error (default) or take the nearest frame's detection.
+    fill_missing_faces: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fps, int | float) and math.isfinite(self.fps)):
@@ -219,21 +221,32 @@ class Wav2LipInferenceEngine:
         """Top S3FD detection of a BGR image as integer `(x1, y1, x2, y2)`."""
         return self.detect_faces(as_frames(img))[0]
 
-    def detect_faces(self, frames: np.ndarray) -> list[Box]:
-        """Top detection per frame; raises FaceNotDetectedError naming the first bad frame."""
+    def detect_faces(self, frames: np.ndarray, fill_missing: bool = False) -> list[Box]:
+        """Top detection per frame.
+
+        A frame without a face raises FaceNotDetectedError naming it, or with `fill_missing`
+        takes the detection of the nearest frame that has one (ties: the earlier frame).
+        """
         self._require(DETECTOR_NAME)
         rects = self.detector.detect_best(frames)
-        for index, rect in enumerate(rects):
-            if rect is None:
-                where = f" in frame {index}" if len(frames) > 1 else ""
-                raise FaceNotDetectedError(f"no face detected{where}", frame_index=index)
+        found = [i for i, rect in enumerate(rects) if rect is not None]
+        missing = [i for i, rect in enumerate(rects) if rect is None]
+        if missing and (not fill_missing or not found):
+            where = f" in frame {missing[0]}" if len(frames) > 1 else ""
+            raise FaceNotDetectedError(f"no face detected{where}", frame_index=missing[0])
+        for i in missing:
+            rects[i] = rects[min(found, key=lambda j: abs(j - i))]
         return rects
 
     def face_boxes(
-        self, frames: np.ndarray, pads: tuple[int, int, int, int], smooth: bool
+        self,
+        frames: np.ndarray,
+        pads: tuple[int, int, int, int],
+        smooth: bool,
+        fill_missing: bool = False,
     ) -> np.ndarray:
         """The reference's `face_detect`: detect, pad, clip, smooth. -> (M, 4) int64."""
-        rects = self.detect_faces(frames)
+        rects = self.detect_faces(frames, fill_missing)
         boxes = np.array([pad_box(r, pads, frames.shape[1:]) for r in rects], dtype=np.int64)
         if smooth:
             boxes = smooth_boxes(boxes)
@@ -257,7 +270,9 @@ class Wav2LipInferenceEngine:
                 box = validate_box(options.box, frames.shape[1:])
                 boxes = np.tile(np.array(box, dtype=np.int64), (len(frames), 1))
             else:
-                boxes = self.face_boxes(frames, options.pads, options.smooth)
+                boxes = self.face_boxes(
+                    frames, options.pads, options.smooth, options.fill_missing_faces
+                )
             crops = crop_faces(frames, boxes)
         return PreparedFace(frames=frames, boxes=boxes, crops=crops)
 

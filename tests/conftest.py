@@ -129,6 +129,7 @@ def start_server(models_dir: Path, tmp_path: Path, **env: str) -> LiveServer:
         "TMPDIR": str(tmpdir),
         "LIPSYNC_MODELS_DIR": str(models_dir),
         "LIPSYNC_CACHE_DIR": str(tmp_path / "ov-cache"),
+        "LIPSYNC_AVATAR_DIR": str(tmp_path / "avatars"),
         "LIPSYNC_WORKERS": "1",
         "LIPSYNC_THREADS": "2",
         **env,

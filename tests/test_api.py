@@ -27,7 +27,9 @@ def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(untrained_models):
-    return create_app({"models_dir": untrained_models, "cache_dir": None}).test_client()
+    return create_app(
+        {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None}
+    ).test_client()
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,12 @@ def test_box_outside_the_image_is_rejected(client, image_b64, short_audio):
 
 def test_audio_too_short_and_too_long_are_422(untrained_models, image_b64):
     client = create_app(
-        {"models_dir": untrained_models, "cache_dir": None, "max_audio_seconds": 1.0}
+        {
+            "models_dir": untrained_models,
+            "cache_dir": None,
+            "avatar_dir": None,
+            "max_audio_seconds": 1.0,
+        }
     ).test_client()
     assert_error(
         client.post("/api/generate", json=body(image_b64, wav_bytes(0.02))), 422, "audio_too_short"
@@ -192,7 +199,7 @@ def test_audio_too_short_and_too_long_are_422(untrained_models, image_b64):
 
 def test_body_over_the_limit_is_413(untrained_models, image_b64, short_audio):
     client = create_app(
-        {"models_dir": untrained_models, "cache_dir": None, "max_body_mb": 0.05}
+        {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None, "max_body_mb": 0.05}
     ).test_client()
     assert_error(
         client.post("/api/generate", json=body(image_b64, short_audio)), 413, "payload_too_large"
@@ -200,13 +207,17 @@ def test_body_over_the_limit_is_413(untrained_models, image_b64, short_audio):
 
 
 def test_no_face_is_422(blind_models, image_b64, short_audio):
-    client = create_app({"models_dir": blind_models, "cache_dir": None}).test_client()
+    client = create_app(
+        {"models_dir": blind_models, "cache_dir": None, "avatar_dir": None}
+    ).test_client()
     payload = {"image": image_b64, "audio": b64(short_audio)}
     assert_error(client.post("/api/generate", json=payload), 422, "face_not_detected")
 
 
 def test_missing_models_are_503_with_the_fix(tmp_path, image_b64, short_audio):
-    client = create_app({"models_dir": tmp_path, "cache_dir": None}).test_client()
+    client = create_app(
+        {"models_dir": tmp_path, "cache_dir": None, "avatar_dir": None}
+    ).test_client()
     health = client.get("/health")
     assert health.status_code == 503
     assert health.get_json()["status"] == "degraded"

@@ -1,0 +1,244 @@
+"""Avatar store: faces prepared once (detection, boxes, 96x96 crops), reused by id.
+
+An avatar id is the sha256 (first 32 hex digits) of the uploaded file's bytes and the
+face-preparation options (pads, box, smooth): the same file with the same options always
+gets the same id. Prepared avatars live in a byte-bounded in-memory LRU and, when
+registered, on disk under `directory/<id>/` (written to a temporary directory and renamed
+into place, so readers never see a partial avatar), where a restarted process or another
+gunicorn worker finds them without running the detector again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference_engine import PreparedFace, RenderOptions
+from util import timed
+
+logger = logging.getLogger(__name__)
+
+AVATAR_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+META_FILE = "meta.json"
+SOURCE_FILE = "source.bin"
+BOXES_FILE = "boxes.npy"
+CROPS_FILE = "crops.npy"
+
+
+@dataclass(frozen=True)
+class Avatar:
+    """A prepared face: frames, boxes and crops, plus what describes it to clients."""
+
+    avatar_id: str
+    kind: str  # "image" or "video"
+    fps: float | None
+    prepared: PreparedFace
+    pads: tuple[int, int, int, int]
+    box: tuple[int, int, int, int] | None
+    smooth: bool
+    created: float
+
+    @property
+    def nbytes(self) -> int:
+        p = self.prepared
+        return p.frames.nbytes + p.crops.nbytes + p.inputs.nbytes + p.boxes.nbytes
+
+    def meta(self) -> dict:
+        height, width = self.prepared.frames.shape[1:3]
+        return {
+            "avatar_id": self.avatar_id,
+            "kind": self.kind,
+            "width": int(width),
+            "height": int(height),
+            "num_frames": self.prepared.num_frames,
+            "fps": self.fps,
+            "boxes": self.prepared.boxes.tolist(),
+            "pads": list(self.pads),
+            "box": list(self.box) if self.box else None,
+            "smooth": self.smooth,
+            "created": self.created,
+        }
+
+
+def avatar_id_for(data: bytes, options: RenderOptions) -> str:
+    """Content-derived id: sha256 over the file bytes and the face-preparation options."""
+    digest = hashlib.sha256(data)
+    face_options = [
+        list(options.pads),
+        options.box and list(options.box),
+        options.smooth,
+        options.fill_missing_faces,
+    ]
+    digest.update(json.dumps(face_options).encode())
+    return digest.hexdigest()[:32]
+
+
+def check_avatar_id(avatar_id: str) -> str:
+    """Refuse anything but 32 lowercase hex digits (ids become directory names)."""
+    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.fullmatch(avatar_id):
+        raise ValueError(f"avatar_id must be 32 lowercase hex digits, got {avatar_id!r}")
+    return avatar_id
+
+
+# Decodes uploaded bytes into frames and the clip's fps (None for an image).
+Decoder = Callable[[bytes], tuple[np.ndarray, float | None]]
+# Detects and crops: (frames, options, stage timings) -> PreparedFace.
+Preparer = Callable[[np.ndarray, RenderOptions, MutableMapping[str, float] | None], PreparedFace]
+
+
+class AvatarStore:
+    """Thread-safe LRU of prepared avatars (bounded in bytes) backed by a directory."""
+
+    def __init__(
+        self, directory: str | Path | None, max_bytes: int, decode: Decoder, prepare: Preparer
+    ) -> None:
+        self.directory = Path(directory) if directory else None
+        if self.directory:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._decode = decode
+        self._prepare = prepare
+        self._memory: OrderedDict[str, Avatar] = OrderedDict()
+        self._lock = threading.Lock()
+        self._creating: dict[str, threading.Lock] = {}
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def get(self, avatar_id: str) -> Avatar | None:
+        """The avatar from memory, else from disk (without detection), else None."""
+        check_avatar_id(avatar_id)
+        with self._lock:
+            avatar = self._memory.get(avatar_id)
+            if avatar is not None:
+                self._memory.move_to_end(avatar_id)
+                return avatar
+        avatar = self._load(avatar_id)
+        if avatar is not None:
+            self._remember(avatar)
+        return avatar
+
+    def get_or_create(
+        self,
+        data: bytes,
+        options: RenderOptions,
+        *,
+        persist: bool,
+        timings: MutableMapping[str, float] | None = None,
+    ) -> tuple[Avatar, bool]:
+        """The avatar for these bytes and options, prepared at most once. -> (avatar, created)."""
+        avatar_id = avatar_id_for(data, options)
+        with self._lock:
+            creating = self._creating.setdefault(avatar_id, threading.Lock())
+        with creating:  # concurrent registrations of one file prepare it once
+            avatar = self.get(avatar_id)
+            created = avatar is None
+            if created:
+                with timed(timings, "decode_face"):
+                    frames, fps = self._decode(data)
+                avatar = Avatar(
+                    avatar_id=avatar_id,
+                    kind="image" if fps is None else "video",
+                    fps=fps,
+                    prepared=self._prepare(frames, options, timings),
+                    pads=options.pads,
+                    box=options.box,
+                    smooth=options.smooth,
+                    created=time.time(),
+                )
+                self._remember(avatar)
+            if persist and self.directory and not (self.directory / avatar_id).is_dir():
+                self._save(avatar, data)
+        with self._lock:
+            self._creating.pop(avatar_id, None)
+        return avatar, created
+
+    def list(self) -> list[dict]:
+        """Metadata of every stored avatar (disk and memory), newest first."""
+        with self._lock:
+            metas = {a.avatar_id: a.meta() for a in self._memory.values()}
+        if self.directory:
+            for meta_path in self.directory.glob(f"*/{META_FILE}"):
+                if AVATAR_ID_PATTERN.fullmatch(meta_path.parent.name):
+                    metas.setdefault(meta_path.parent.name, json.loads(meta_path.read_text()))
+        return sorted(metas.values(), key=lambda m: m["created"], reverse=True)
+
+    def delete(self, avatar_id: str) -> bool:
+        """Forget an avatar in memory and on disk. -> whether it existed."""
+        check_avatar_id(avatar_id)
+        with self._lock:
+            existed = self._memory.pop(avatar_id, None) is not None
+        if self.directory and (self.directory / avatar_id).is_dir():
+            trash = self.directory / f".trash-{avatar_id}-{os.getpid()}-{threading.get_ident()}"
+            try:
+                os.rename(self.directory / avatar_id, trash)  # atomic: readers see all or nothing
+            except FileNotFoundError:
+                pass  # deleted concurrently
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
+                existed = True
+        return existed
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def _remember(self, avatar: Avatar) -> None:
+        with self._lock:
+            self._memory[avatar.avatar_id] = avatar
+            self._memory.move_to_end(avatar.avatar_id)
+            total = sum(a.nbytes for a in self._memory.values())
+            while total > self.max_bytes and len(self._memory) > 1:
+                _, evicted = self._memory.popitem(last=False)
+                total -= evicted.nbytes
+
+    # -- disk ------------------------------------------------------------------------------
+
+    def _save(self, avatar: Avatar, data: bytes) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.directory))
+        try:
+            (tmp / SOURCE_FILE).write_bytes(data)
+            np.save(tmp / BOXES_FILE, avatar.prepared.boxes)
+            np.save(tmp / CROPS_FILE, avatar.prepared.crops)
+            (tmp / META_FILE).write_text(json.dumps(avatar.meta()))
+            os.rename(tmp, self.directory / avatar.avatar_id)
+        except OSError:
+            if not (self.directory / avatar.avatar_id).is_dir():
+                raise
+            # Another process stored the same avatar first: identical content, keep theirs.
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _load(self, avatar_id: str) -> Avatar | None:
+        if not self.directory:
+            return None
+        folder = self.directory / avatar_id
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            data = (folder / SOURCE_FILE).read_bytes()
+            boxes = np.load(folder / BOXES_FILE, allow_pickle=False)
+            crops = np.load(folder / CROPS_FILE, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        frames, fps = self._decode(data)
+        logger.info("loaded avatar %s from %s", avatar_id, folder)
+        return Avatar(
+            avatar_id=avatar_id,
+            kind=meta["kind"],
+            fps=fps,
+            prepared=PreparedFace(frames=frames, boxes=boxes, crops=crops),
+            pads=tuple(meta["pads"]),
+            box=tuple(meta["box"]) if meta["box"] else None,
+            smooth=meta["smooth"],
+            created=meta["created"],
+        )
