@@ -1,0 +1,190 @@
+"""Python API for integrators who embed the engine (e.g. a voice assistant) instead of HTTP.
+
+head = Wav2LipTalkingHead("avatar.jpg", quality_mode="standard")
+head.preprocess_avatar()                      # face detection, once
+head.generate("reply.wav", "reply.webm")      # -> "reply.webm" (VP9 + Opus)
+head.estimate_generation_time(4.2)            # seconds, from measured throughput
+head.cleanup()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+import audio
+import generation
+import video_io
+from config import Settings
+from errors import ServiceError
+from inference_engine import DEFAULT_PADS, PreparedFace, RenderOptions, Wav2LipInferenceEngine
+
+QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
+CONTAINERS = {".webm": "webm", ".mp4": "mp4"}
+# Speech used to measure throughput when no generation has run yet.
+CALIBRATION_SECONDS = 1.0
+
+
+class Wav2LipTalkingHead:
+    """A talking head for one avatar image.
+
+    Raises FileNotFoundError when the image or the models directory does not exist, and
+    ValueError for an unknown `quality_mode` ("standard" = wav2lip, "high" = wav2lip_gan)
+    or an image that cannot be decoded. `model_path` is the directory of converted models
+    (default: the service's `models/`).
+    """
+
+    def __init__(
+        self,
+        avatar_image_path: str | os.PathLike,
+        device: str = "CPU",
+        quality_mode: str = "standard",
+        model_path: str | os.PathLike | None = None,
+        *,
+        precision: str = "auto",
+        pads: tuple[int, int, int, int] = DEFAULT_PADS,
+        box: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        if quality_mode not in QUALITY_MODELS:
+            raise ValueError(
+                f"quality_mode must be one of {list(QUALITY_MODELS)}, got {quality_mode!r}"
+            )
+        self.avatar_image_path = Path(avatar_image_path)
+        if not self.avatar_image_path.is_file():
+            raise FileNotFoundError(f"avatar image not found: {self.avatar_image_path}")
+        self.settings = Settings.load({"models_dir": model_path} if model_path else None)
+        if not self.settings.models_dir.is_dir():
+            raise FileNotFoundError(f"models directory not found: {self.settings.models_dir}")
+        self.quality_mode = quality_mode
+        self.options = RenderOptions(pads=pads, box=box, model=QUALITY_MODELS[quality_mode])
+        self._image = video_io.decode_image(
+            self.avatar_image_path.read_bytes(), max_pixels=self.settings.max_image_pixels
+        )
+        self._engine: Wav2LipInferenceEngine | None = Wav2LipInferenceEngine(
+            self.settings.models_dir, device, precision, cache_dir=self.settings.cache_dir
+        )
+        self._prepared: PreparedFace | None = None
+        self._seconds_per_frame: float | None = None
+
+    @property
+    def engine(self) -> Wav2LipInferenceEngine:
+        if self._engine is None:
+            raise RuntimeError("this talking head was cleaned up; create a new one")
+        return self._engine
+
+    def preprocess_avatar(self) -> dict[str, Any]:
+        """Detect the face once (later calls are free). -> the face box and image size."""
+        if self._prepared is None:
+            self._prepared = self.engine.prepare_face(self._image, self.options)
+        top, bottom, left, right = (int(v) for v in self._prepared.boxes[0])
+        height, width = self._image.shape[:2]
+        return {"box": [top, bottom, left, right], "width": width, "height": height}
+
+    def generate(
+        self,
+        audio_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        fps: float = 25,
+        include_audio: bool = True,
+    ) -> str:
+        """Render speech from `audio_path` to `output_path` (.webm or .mp4). -> output path.
+
+        FileNotFoundError: no such audio file. ValueError: unsupported output extension,
+        undecodable or unusable audio, bad fps, or no face in the avatar image.
+        """
+        audio_path, output_path = Path(audio_path), Path(output_path)
+        container = CONTAINERS.get(output_path.suffix.lower())
+        if container is None:
+            raise ValueError(
+                f"output_path must end in {list(CONTAINERS)}, got {output_path.name!r}"
+            )
+        if not audio_path.is_file():
+            raise FileNotFoundError(f"audio file not found: {audio_path}")
+        try:
+            speech = generation.decode_speech(audio_path.read_bytes(), self.settings)
+        except ServiceError as exc:
+            raise ValueError(exc.message) from exc
+        result = self._render(speech, fps, container, include_audio)
+        self._write_atomically(output_path, result.video.data)
+        return str(output_path)
+
+    def estimate_generation_time(self, audio_duration: float, fps: float = 25) -> float:
+        """Seconds to generate `audio_duration` seconds of speech, from measured throughput.
+
+        Uses the per-frame cost of the last generation; before any, it measures one by
+        rendering a short silent clip in memory (and detects the face if not done yet).
+        """
+        if not audio_duration > 0:
+            raise ValueError(f"audio_duration must be > 0 seconds, got {audio_duration!r}")
+        if self._seconds_per_frame is None:
+            silence = np.zeros(int(CALIBRATION_SECONDS * audio.SAMPLE_RATE), np.float32)
+            self._render(generation.Speech(silence, audio.SAMPLE_RATE, silence), fps, "webm", True)
+        return (
+            audio.num_video_frames(int(audio_duration * audio.SAMPLE_RATE), fps)
+            * self._seconds_per_frame
+        )
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Device, precision, model, OpenVINO version, per-model status and measured speed."""
+        engine = self.engine
+        return {
+            "device": engine.device,
+            "precision": engine.precision,
+            "quality_mode": self.quality_mode,
+            "model": self.options.model,
+            "models_dir": str(self.settings.models_dir),
+            "openvino_version": ov.get_version(),
+            "models": engine.model_status(),
+            "avatar": str(self.avatar_image_path),
+            "avatar_preprocessed": self._prepared is not None,
+            "seconds_per_frame": self._seconds_per_frame,
+        }
+
+    def cleanup(self) -> None:
+        """Release the compiled models and the prepared avatar. The object is unusable after."""
+        self._engine = None
+        self._prepared = None
+
+    def __enter__(self) -> Wav2LipTalkingHead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _render(self, speech: generation.Speech, fps: float, container: str, include_audio: bool):
+        options = dataclasses.replace(self.options, fps=fps)
+        self.preprocess_avatar()
+        try:
+            start = time.perf_counter()
+            result = generation.generate(
+                self.engine,
+                self._prepared,
+                speech,
+                options,
+                video_io.EncodeOptions(container=container),
+                include_audio=include_audio,
+            )
+        except ServiceError as exc:  # HTTP-flavoured refusals become plain ValueErrors here
+            raise ValueError(exc.message) from exc
+        self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)
+        return result
+
+    @staticmethod
+    def _write_atomically(path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,100 @@
+"""The integrators' Python API: Wav2LipTalkingHead."""
+
+from __future__ import annotations
+
+import cv2
+import pytest
+from conftest import ASSETS, FACE_BOX
+
+import video_io
+from talking_head import Wav2LipTalkingHead
+
+SPEECH = ASSETS / "speech.wav"
+SPEECH_FRAMES = 138  # ceil(5.50 s * 25)
+
+
+@pytest.fixture(scope="module")
+def head(untrained_models):
+    with Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=untrained_models, box=FACE_BOX) as head:
+        yield head
+
+
+def test_generate_webm_and_mp4(head, tmp_path):
+    assert head.preprocess_avatar() == {"box": list(FACE_BOX), "width": 512, "height": 512}
+    out = head.generate(SPEECH, tmp_path / "reply.webm")
+    assert out == str(tmp_path / "reply.webm")
+    info = video_io.probe_video((tmp_path / "reply.webm").read_bytes())
+    assert (info["video_codec"], info["audio_codec"], info["num_frames"]) == (
+        "vp9",
+        "opus",
+        SPEECH_FRAMES,
+    )
+    head.generate(SPEECH, tmp_path / "silent.mp4", fps=30, include_audio=False)
+    info = video_io.probe_video((tmp_path / "silent.mp4").read_bytes())
+    assert (info["video_codec"], info["audio_codec"], info["fps"]) == ("h264", None, 30.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "reply.webm",
+        "silent.mp4",
+    ]  # no temp files
+
+
+def test_estimate_uses_measured_throughput(head, tmp_path):
+    head.generate(SPEECH, tmp_path / "a.webm")
+    measured = head.get_model_info()["seconds_per_frame"]
+    assert measured > 0
+    assert head.estimate_generation_time(4.0) == pytest.approx(100 * measured)
+    assert head.estimate_generation_time(8.0) == pytest.approx(
+        2 * head.estimate_generation_time(4.0)
+    )
+    with pytest.raises(ValueError, match="audio_duration"):
+        head.estimate_generation_time(0)
+
+
+def test_estimate_before_any_generation_measures(untrained_models):
+    head = Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=untrained_models, box=FACE_BOX)
+    assert head.get_model_info()["seconds_per_frame"] is None
+    assert head.estimate_generation_time(2.0) > 0
+    assert head.get_model_info()["seconds_per_frame"] > 0
+    assert head.get_model_info()["avatar_preprocessed"] is True
+
+
+def test_quality_modes_and_model_info(untrained_models, tmp_path):
+    head = Wav2LipTalkingHead(
+        ASSETS / "face.jpg", quality_mode="high", model_path=untrained_models, box=FACE_BOX
+    )
+    info = head.get_model_info()
+    assert info["model"] == "wav2lip_gan" and info["quality_mode"] == "high"
+    assert info["device"] == "CPU" and info["openvino_version"]
+    head.generate(SPEECH, tmp_path / "gan.webm")
+    assert head.get_model_info()["models"]["wav2lip_gan"]["compiled"]
+    assert not head.get_model_info()["models"]["wav2lip"]["compiled"]
+
+
+def test_errors(untrained_models, head, tmp_path):
+    with pytest.raises(FileNotFoundError, match="avatar image"):
+        Wav2LipTalkingHead(tmp_path / "missing.jpg", model_path=untrained_models)
+    with pytest.raises(FileNotFoundError, match="models directory"):
+        Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=tmp_path / "nope")
+    with pytest.raises(ValueError, match="quality_mode"):
+        Wav2LipTalkingHead(ASSETS / "face.jpg", quality_mode="ultra", model_path=untrained_models)
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(ValueError):
+        Wav2LipTalkingHead(tmp_path / "text.jpg", model_path=untrained_models)
+    with pytest.raises(FileNotFoundError, match="audio file"):
+        head.generate(tmp_path / "missing.wav", tmp_path / "x.webm")
+    with pytest.raises(ValueError, match="output_path"):
+        head.generate(SPEECH, tmp_path / "x.avi")
+    (tmp_path / "noise.wav").write_bytes(b"RIFF1234WAVEnope")
+    with pytest.raises(ValueError, match="audio"):
+        head.generate(tmp_path / "noise.wav", tmp_path / "x.webm")
+    with pytest.raises(ValueError, match="fps"):
+        head.generate(SPEECH, tmp_path / "x.webm", fps=0)
+    assert not (tmp_path / "x.webm").exists()
+
+
+def test_cleanup_releases_the_engine(untrained_models, tmp_path):
+    cv2.imwrite(str(tmp_path / "face.png"), cv2.imread(str(ASSETS / "face.jpg")))
+    head = Wav2LipTalkingHead(tmp_path / "face.png", model_path=untrained_models, box=FACE_BOX)
+    head.cleanup()
+    with pytest.raises(RuntimeError, match="cleaned up"):
+        head.generate(SPEECH, tmp_path / "x.webm")
