@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,49 @@ class Settings:
     avatar_cache_mb: float = 1024.0
     # A video frame without a face: 422 naming it (false) or use the nearest frame's box.
     fill_missing_faces: bool = False
+    min_audio_sample_rate: int = 8000
+    max_audio_sample_rate: int = 192000
+    # Admission control per worker: running generations, queued ones, longest queue wait.
+    max_concurrent: int = 1
+    max_queue: int = 2
+    max_queue_wait_s: float = 30.0
+    retry_after_s: int = 5
+    # Longest a generation may run (the client gets 504 after it).
+    request_timeout_s: float = 120.0
+    # Optional API key (Authorization: Bearer <key> or X-API-Key) for all but /health/live.
+    api_key: str = field(default="", repr=False)  # never printed
+    # Browser origins allowed by CORS, comma-separated ("*" for any; empty: no CORS).
+    cors_origins: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_image_pixels", "max_video_frames"):
+        for name in ("batch_size", "max_image_pixels", "max_video_frames", "max_concurrent"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_body_mb", "max_audio_seconds", "max_video_seconds", "avatar_cache_mb"):
+        for name in (
+            "max_body_mb",
+            "max_audio_seconds",
+            "max_video_seconds",
+            "avatar_cache_mb",
+            "request_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.default_format not in FORMATS:
             raise ValueError(
                 f"default_format must be one of {FORMATS}, got {self.default_format!r}"
             )
+
+        if self.max_queue < 0 or self.max_queue_wait_s < 0 or self.retry_after_s < 0:
+            raise ValueError("max_queue, max_queue_wait_s and retry_after_s must be >= 0")
+        if not 0 < self.min_audio_sample_rate <= self.max_audio_sample_rate:
+            raise ValueError(
+                "audio sample rate range is empty: "
+                f"{self.min_audio_sample_rate}..{self.max_audio_sample_rate}"
+            )
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def max_body_bytes(self) -> int:

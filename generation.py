@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,12 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
         raise AudioError(
             f"audio could not be decoded: {exc}", code="unsupported_audio", status=415
         ) from exc
+    if not settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate:
+        raise AudioError(
+            f"audio sample rate {rate} Hz is outside {settings.min_audio_sample_rate}.."
+            f"{settings.max_audio_sample_rate} Hz",
+            code="unsupported_sample_rate",
+        )
     duration = len(track) / rate
     if duration > settings.max_audio_seconds:
         raise AudioError(
@@ -93,10 +99,14 @@ def speech_windows(speech: Speech, fps: float) -> np.ndarray:
 
 
 def _single_frames(
-    batches: Iterator[np.ndarray], timings: MutableMapping[str, float]
+    batches: Iterator[np.ndarray],
+    timings: MutableMapping[str, float],
+    check: Callable[[], None] | None,
 ) -> Iterator[np.ndarray]:
-    """Flatten frame batches; time spent producing them is booked as `produce`."""
+    """Flatten frame batches, calling `check` before each; time producing them is `produce`."""
     while True:
+        if check is not None:
+            check()
         start = time.perf_counter()
         batch = next(batches, None)
         timings["produce"] = timings.get("produce", 0.0) + time.perf_counter() - start
@@ -114,10 +124,13 @@ def generate(
     timings: dict[str, float] | None = None,
     *,
     include_audio: bool = True,
+    check: Callable[[], None] | None = None,
 ) -> GenerationResult:
     """Lip-sync a prepared face to `speech` at `options.fps`; encode with the speech track.
 
     `timings` may already hold earlier stages (seconds); the result reports all in ms.
+    `check` runs between frame batches and may raise to abandon the generation (time
+    limit, client gone); the partial video is dropped.
     """
     timings = {} if timings is None else timings
     with timed(timings, "mel"):
@@ -126,7 +139,7 @@ def generate(
     batches = engine.iter_frames(prepared, windows, options.model, timings)
     with timed(timings, "encode"):
         video = video_io.encode_video(
-            _single_frames(batches, timings),
+            _single_frames(batches, timings, check),
             width=width,
             height=height,
             fps=options.fps,

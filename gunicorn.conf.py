@@ -1,23 +1,41 @@
 """gunicorn settings for the lip-sync service (`gunicorn -c gunicorn.conf.py wsgi:app`).
 
 One engine per worker process: models are compiled in `post_worker_init`, after the fork,
-so no OpenVINO threads exist in the master. Values come from the environment.
+so no OpenVINO threads exist in the master. Prometheus metrics of all workers are
+aggregated through a per-master directory (multiprocess mode), removed on exit.
+Values come from the environment (see README, "Configuration").
 """
 
 import os
+import shutil
+from pathlib import Path
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
 workers = int(os.environ.get("LIPSYNC_WORKERS", "1"))
+# Threads per worker: generations beyond LIPSYNC_MAX_CONCURRENT wait in a bounded queue, and
+# one thread stays free for health checks and metrics while the others generate.
 threads = int(os.environ.get("LIPSYNC_THREADS", "4"))
 worker_class = "gthread"
-# A generation may take tens of seconds for long speech; the arbiter kills silent workers.
+# The arbiter kills a worker silent this long; generations are bounded well below it.
 timeout = int(os.environ.get("LIPSYNC_WORKER_TIMEOUT", "300"))
 graceful_timeout = int(os.environ.get("LIPSYNC_GRACEFUL_TIMEOUT", "60"))
 keepalive = 5
-accesslog = os.environ.get("LIPSYNC_ACCESS_LOG", "-")
+accesslog = None  # the app logs one JSON line per request (logger "lipsync.access")
 errorlog = "-"
 loglevel = os.environ.get("LIPSYNC_LOG_LEVEL", "info")
 preload_app = False
+
+_metrics_root = Path(
+    os.environ.get("LIPSYNC_METRICS_DIR", Path(__file__).resolve().parent / ".cache" / "metrics")
+)
+METRICS_DIR = _metrics_root / str(os.getpid())
+
+
+def on_starting(server):
+    """Before any worker: a fresh multiprocess metrics directory for this master."""
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    METRICS_DIR.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
 
 
 def post_worker_init(worker):
@@ -28,3 +46,14 @@ def post_worker_init(worker):
         warm_up(worker.wsgi)
     except Exception:  # a missing or broken model must not stop the worker: /health reports it
         worker.log.exception("model warm-up failed")
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -29,8 +29,10 @@ def face_png() -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-def make_app(models, avatar_dir):
-    return create_app({"models_dir": models, "cache_dir": None, "avatar_dir": avatar_dir})
+def make_app(models, avatar_dir, **overrides):
+    return create_app(
+        {"models_dir": models, "cache_dir": None, "avatar_dir": avatar_dir, **overrides}
+    )
 
 
 def register(client, data: bytes, **fields):
@@ -75,7 +77,7 @@ def test_register_generate_by_id_and_restart(untrained_models, tmp_path, face_pn
     )
     assert response.status_code == 200
     assert (
-        restarted.extensions["lipsync"].get().model_status()["face_detection"]["compiled"] is False
+        restarted.extensions["lipsync"].engine.model_status()["face_detection"]["compiled"] is False
     )
     for a, b in zip(frames_of(response), frames_of(direct), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -132,7 +134,7 @@ def test_unknown_id_in_generate_is_404(untrained_models, tmp_path):
 
 
 def test_concurrent_registrations_make_one_entry(untrained_models, tmp_path, face_png):
-    app = make_app(untrained_models, tmp_path)
+    app = make_app(untrained_models, tmp_path, max_queue=10)  # all wait; none is refused
     results, barrier = [], threading.Barrier(6)
 
     def worker():

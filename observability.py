@@ -1,0 +1,102 @@
+"""Prometheus metrics (correct across gunicorn workers) and one JSON log line per request.
+
+Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set by gunicorn.conf.py before any worker
+imports prometheus_client, so every worker writes its samples there and `/metrics`
+aggregates them. Without it (tests, the Python API) metrics live in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+access_log = logging.getLogger("lipsync.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+
+REQUESTS = Counter(
+    "lipsync_requests_total",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "lipsync_request_duration_seconds",
+    "HTTP request latency by route",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "lipsync_stage_duration_seconds",
+    "Generation stage latency (decode_face, detect, mel, infer, paste, encode)",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+FRAMES = Counter("lipsync_frames_generated_total", "Video frames generated")
+QUEUE_DEPTH = Gauge(
+    "lipsync_queue_depth", "Requests waiting for a generation slot", multiprocess_mode="livesum"
+)
+ACTIVE = Gauge("lipsync_active_generations", "Generations running", multiprocess_mode="livesum")
+REJECTED = Counter(
+    "lipsync_rejected_requests_total", "Requests refused before or during generation", ["reason"]
+)
+COMPILE_SECONDS = Gauge(
+    "lipsync_model_compile_seconds",
+    "Time to compile each model in a worker",
+    ["model"],
+    multiprocess_mode="max",
+)
+
+
+def request_id(header_value: str | None) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    if header_value and REQUEST_ID_PATTERN.fullmatch(header_value):
+        return header_value
+    return uuid.uuid4().hex
+
+
+def observe_generation(timings_ms: dict[str, float], num_frames: int) -> None:
+    for stage, ms in timings_ms.items():
+        STAGE_SECONDS.labels(stage).observe(ms / 1000)
+    FRAMES.inc(num_frames)
+
+
+def observe_admission(active: int, waiting: int) -> None:
+    ACTIVE.set(active)
+    QUEUE_DEPTH.set(waiting)
+
+
+def observe_compile(status: dict[str, dict]) -> None:
+    for name, model in status.items():
+        if model.get("compile_s") is not None:
+            COMPILE_SECONDS.labels(name).set(model["compile_s"])
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """Exposition text for all workers (multiprocess mode) or this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def log_request(record: dict) -> None:
+    """One JSON line per request: ids, route, status, sizes, timings; never media content."""
+    access_log.info(json.dumps(record, separators=(",", ":"), default=str))
