@@ -24,6 +24,8 @@ accesslog = None  # the app logs one JSON line per request (logger "lipsync.acce
 errorlog = "-"
 loglevel = os.environ.get("LIPSYNC_LOG_LEVEL", "info")
 preload_app = False
+# No gunicornc control socket: it would live in $HOME, shared by every server of the user.
+control_socket_disable = True
 
 _metrics_root = Path(
     os.environ.get("LIPSYNC_METRICS_DIR", Path(__file__).resolve().parent / ".cache" / "metrics")
