@@ -31,7 +31,7 @@ from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_b
 from face_detection import s3fd as s3fd_module
 from ov_runtime import CompiledNetwork, make_core, resolve_precision
 from util import batched, timed
-from wav2lip_model import FACE_SIZE, GENERATOR_NAMES, Wav2LipGenerator, face_input
+from wav2lip_model import FACE_SIZE, GENERATOR_NAMES, PendingBatch, Wav2LipGenerator, face_input
 from wav2lip_model import add_preprocessing as add_generator_preprocessing
 
 logger = logging.getLogger(__name__)
@@ -315,18 +315,42 @@ class Wav2LipInferenceEngine:
         model: str = "wav2lip",
         timings: MutableMapping[str, float] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size."""
+        """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size.
+
+        Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
+        handed to the caller, who typically encodes it: the stages overlap.
+        """
         generator = self.generator(model)
         order = frame_order(len(mel_chunks), prepared.num_frames)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            mels = mel_chunks[start : start + len(idx)]
-            with timed(timings, "infer"):
-                mouths = generator.infer(mels, prepared.inputs[idx])
-            with timed(timings, "paste"):
-                # Fancy indexing copies, so the pasted frames never alias the prepared ones.
-                frames = paste_faces(prepared.frames[idx], prepared.boxes[idx], mouths)
-            yield frames
+        starts = range(0, len(order), self.batch_size)
+        pending: tuple[PendingBatch, np.ndarray] | None = None
+        try:
+            for start in [*starts, None]:
+                running = pending
+                if start is not None:
+                    idx = order[start : start + self.batch_size]
+                    mels = mel_chunks[start : start + len(idx)]
+                    pending = (generator.start(mels, prepared.inputs[idx]), idx)
+                else:
+                    pending = None
+                if running is not None:
+                    yield self._finish(prepared, *running, timings)
+        finally:
+            if pending is not None:  # the caller stopped early: let the request finish
+                pending[0].wait()
+
+    @staticmethod
+    def _finish(
+        prepared: PreparedFace,
+        batch: PendingBatch,
+        idx: np.ndarray,
+        timings: MutableMapping[str, float] | None,
+    ) -> np.ndarray:
+        with timed(timings, "infer"):
+            mouths = batch.wait()
+        with timed(timings, "paste"):
+            # Fancy indexing copies, so the pasted frames never alias the prepared ones.
+            return paste_faces(prepared.frames[idx], prepared.boxes[idx], mouths)
 
     def render(
         self,

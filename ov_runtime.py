@@ -104,15 +104,22 @@ class CompiledNetwork:
                 )
         return self._compiled
 
+    def acquire(self) -> ov.InferRequest:
+        """Take an infer request from the pool (made on demand); give it back with `release`."""
+        compiled = self.compile()
+        try:
+            return self._requests.get_nowait()
+        except queue.Empty:
+            return compiled.create_infer_request()
+
+    def release(self, req: ov.InferRequest) -> None:
+        self._requests.put(req)
+
     @contextlib.contextmanager
     def request(self) -> Iterator[ov.InferRequest]:
         """Borrow an infer request (requests are not thread-safe; the pool makes them so)."""
-        compiled = self.compile()
-        try:
-            req = self._requests.get_nowait()
-        except queue.Empty:
-            req = compiled.create_infer_request()
+        req = self.acquire()
         try:
             yield req
         finally:
-            self._requests.put(req)
+            self.release(req)

@@ -48,20 +48,48 @@ def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
     return (pred.transpose(0, 2, 3, 1) * np.float32(255.0)).astype(np.uint8)
 
 
+class PendingBatch:
+    """A batch running asynchronously on an infer request; `wait()` once for its mouths."""
+
+    def __init__(self, network: CompiledNetwork, req: ov.InferRequest) -> None:
+        self._network = network
+        self._req: ov.InferRequest | None = req
+
+    def wait(self) -> np.ndarray:
+        """Block until done. -> (B, 96, 96, 3) uint8 BGR; the request returns to the pool."""
+        if self._req is None:
+            raise RuntimeError("batch already collected")
+        req, self._req = self._req, None
+        try:
+            req.wait()
+            return to_uint8_faces(req.get_tensor(OUTPUT).data)
+        finally:
+            self._network.release(req)
+
+
 class Wav2LipGenerator:
     """One compiled Wav2Lip generator (plain or GAN weights)."""
 
     def __init__(self, network: CompiledNetwork) -> None:
         self.network = network
 
-    def infer(self, mel_chunks: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Generate mouths for a batch.
+    def start(self, mel_chunks: np.ndarray, faces: np.ndarray) -> PendingBatch:
+        """Start a batch without waiting for it.
 
         mel_chunks: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`.
-        Returns (B, 96, 96, 3) uint8 BGR.
         """
         if len(mel_chunks) != len(faces):
             raise ValueError(f"{len(mel_chunks)} mel windows for {len(faces)} faces")
-        with self.network.request() as req:
-            req.infer({AUDIO_INPUT: audio_input(mel_chunks), FACE_INPUT: faces})
-            return to_uint8_faces(req.get_tensor(OUTPUT).data)
+        req = self.network.acquire()
+        try:
+            req.start_async(
+                {AUDIO_INPUT: audio_input(mel_chunks), FACE_INPUT: np.ascontiguousarray(faces)}
+            )
+        except BaseException:
+            self.network.release(req)
+            raise
+        return PendingBatch(self.network, req)
+
+    def infer(self, mel_chunks: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Generate mouths for a batch and wait. -> (B, 96, 96, 3) uint8 BGR."""
+        return self.start(mel_chunks, faces).wait()
