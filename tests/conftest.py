@@ -11,18 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import requests
+
+import local_server
+from local_server import LocalServer, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "test_assets"
@@ -98,11 +95,8 @@ def speech_bytes() -> bytes:
     return (ASSETS / "speech.wav").read_bytes()
 
 
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen
-    tmpdir: Path
+class LiveServer(LocalServer):
+    """The server with `requests` helpers for tests."""
 
     def get(self, path: str, **kwargs):
         return requests.get(self.url + path, timeout=60, **kwargs)
@@ -111,60 +105,9 @@ class LiveServer:
         return requests.post(self.url + path, timeout=300, **kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(models_dir: Path, tmp_path: Path, **env: str) -> LiveServer:
-    """gunicorn with the project's config on a free loopback port, its TMPDIR in tmp_path."""
-    port = free_port()
-    tmpdir = tmp_path / "server-tmp"
-    tmpdir.mkdir()
-    environment = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "TMPDIR": str(tmpdir),
-        "LIPSYNC_MODELS_DIR": str(models_dir),
-        "LIPSYNC_CACHE_DIR": str(tmp_path / "ov-cache"),
-        "LIPSYNC_AVATAR_DIR": str(tmp_path / "avatars"),
-        "LIPSYNC_WORKERS": "1",
-        "LIPSYNC_THREADS": "2",
-        **env,
-    }
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 (closed with the process)
-        start_new_session=True,
-    )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, tmpdir)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((tmp_path / "server.log").read_text())
-        try:
-            if server.get("/health").status_code in (200, 503):
-                return server
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    stop_server(server)
-    raise TimeoutError("gunicorn did not answer within 120 s")
-
-
-def stop_server(server: LiveServer) -> None:
-    """SIGTERM the master (graceful), then make sure no worker is left."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
+def start_server(models_dir: Path, work_dir: Path, **env: str) -> LiveServer:
+    server = local_server.start_server(models_dir, work_dir, **env)
+    return LiveServer(server.url, server.process, server.tmpdir, server.log_path)
 
 
 @pytest.fixture(scope="session")

@@ -194,12 +194,12 @@ def test_metrics_add_up_across_two_workers(untrained_models, tmp_path):
         LIPSYNC_METRICS_DIR=str(tmp_path / "metrics"),
     )
     try:
+        deadline = time.monotonic() + 60
+        while len(metric_pids(tmp_path / "metrics")) < 2:  # both workers compiled and wrote
+            assert time.monotonic() < deadline, "second worker never wrote its samples"
+            time.sleep(0.2)
         for _ in range(12):
             assert requests.get(server.url + "/health/live", timeout=10).status_code == 200
-        pids = {
-            int(p.name.split("_")[-1].split(".")[0]) for p in (tmp_path / "metrics").rglob("*.db")
-        }
-        assert len(pids) == 2, "both workers wrote samples"
         text = requests.get(server.url + "/metrics", timeout=10).text
         assert (
             metric_value(
@@ -211,6 +211,11 @@ def test_metrics_add_up_across_two_workers(untrained_models, tmp_path):
     finally:
         stop_server(server)
     assert not any((tmp_path / "metrics").iterdir()), "the master removes its metrics directory"
+
+
+def metric_pids(directory: Path) -> set[int]:
+    """Processes with a sample file (named like counter_<pid>.db) in a multiprocess dir."""
+    return {int(p.stem.rsplit("_", 1)[1]) for p in directory.rglob("*.db")}
 
 
 def raw_generate_then_hang_up(url: str, seconds: float) -> None:
@@ -225,7 +230,7 @@ def raw_generate_then_hang_up(url: str, seconds: float) -> None:
 
 @pytest.mark.slow
 def test_client_disconnect_stops_the_generation(untrained_models, tmp_path):
-    server = start_server(untrained_models, tmp_path, LIPSYNC_METRICS_DIR=str(tmp_path / "metrics"))
+    server = start_server(untrained_models, tmp_path)
     try:
         started = time.monotonic()
         raw_generate_then_hang_up(server.url, seconds=120.0)  # ~3000 frames: a minute of work
@@ -252,16 +257,11 @@ def test_client_disconnect_stops_the_generation(untrained_models, tmp_path):
         stop_server(server)
 
 
-def worker_pids(master_pid: int) -> set[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return {int(pid) for pid in children}
-
-
 @pytest.mark.slow
 def test_killed_worker_is_replaced(untrained_models, tmp_path):
-    server = start_server(untrained_models, tmp_path, LIPSYNC_METRICS_DIR=str(tmp_path / "metrics"))
+    server = start_server(untrained_models, tmp_path)
     try:
-        (old,) = worker_pids(server.process.pid)
+        (old,) = server.worker_pids()
         outcome = {}
 
         def long_request():
@@ -280,7 +280,7 @@ def test_killed_worker_is_replaced(untrained_models, tmp_path):
         assert "error" in outcome or outcome["status"].status_code >= 500  # that request is lost
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            pids = worker_pids(server.process.pid)
+            pids = server.worker_pids()
             if pids and old not in pids:
                 try:
                     if requests.get(server.url + "/health/ready", timeout=5).status_code == 200:

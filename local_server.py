@@ -1,0 +1,99 @@
+"""Start and stop the real gunicorn server on a free loopback port (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class LocalServer:
+    url: str
+    process: subprocess.Popen
+    tmpdir: Path
+    log_path: Path
+
+    def worker_pids(self) -> set[int]:
+        """PIDs of the master's current worker processes."""
+        pid = self.process.pid
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 503 still means the server is up
+    except OSError:
+        return False
+
+
+def start_server(
+    models_dir: Path, work_dir: Path, timeout_s: float = 120, **env: str
+) -> LocalServer:
+    """gunicorn with gunicorn.conf.py on 127.0.0.1:<free port>; its TMPDIR, caches and log
+    under `work_dir`. Extra LIPSYNC_* settings come as keyword arguments."""
+    port = free_port()
+    tmpdir = work_dir / "server-tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    environment = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "TMPDIR": str(tmpdir),
+        "LIPSYNC_MODELS_DIR": str(models_dir),
+        "LIPSYNC_CACHE_DIR": str(work_dir / "ov-cache"),
+        "LIPSYNC_AVATAR_DIR": str(work_dir / "avatars"),
+        "LIPSYNC_METRICS_DIR": str(work_dir / "metrics"),
+        "LIPSYNC_WORKERS": "1",
+        "LIPSYNC_THREADS": "2",
+        **env,
+    }
+    log_path = work_dir / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    server = LocalServer(f"http://127.0.0.1:{port}", process, tmpdir, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()}")
+        if _answers(server.url):
+            return server
+        time.sleep(0.3)
+    stop_server(server)
+    raise TimeoutError(f"gunicorn did not answer within {timeout_s:g} s")
+
+
+def stop_server(server: LocalServer) -> None:
+    """SIGTERM the master (graceful), then make sure nothing of the process group is left."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
