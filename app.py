@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 import generation
 import observability as obs
+import openapi
 import video_io
 from admission import AdmissionController, Deadline, OverloadedError
 from avatars import Avatar, AvatarStore, check_avatar_id
@@ -320,9 +321,7 @@ def metrics():
 
 
 def openapi_spec():
-    from openapi import build_spec  # the spec module is only needed by this route
-
-    return jsonify(build_spec())
+    return jsonify(openapi.build_spec(service().settings))
 
 
 # -- avatars and generation ----------------------------------------------------------------

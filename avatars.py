@@ -69,7 +69,7 @@ class Avatar:
             "pads": list(self.pads),
             "box": list(self.box) if self.box else None,
             "smooth": self.smooth,
-            "created": self.created,
+            "created_at": self.created,
         }
 
 
@@ -173,7 +173,7 @@ class AvatarStore:
             for meta_path in self.directory.glob(f"*/{META_FILE}"):
                 if AVATAR_ID_PATTERN.fullmatch(meta_path.parent.name):
                     metas.setdefault(meta_path.parent.name, json.loads(meta_path.read_text()))
-        return sorted(metas.values(), key=lambda m: m["created"], reverse=True)
+        return sorted(metas.values(), key=lambda m: m["created_at"], reverse=True)
 
     def delete(self, avatar_id: str) -> bool:
         """Forget an avatar in memory and on disk. -> whether it existed."""
@@ -240,5 +240,5 @@ class AvatarStore:
             pads=tuple(meta["pads"]),
             box=tuple(meta["box"]) if meta["box"] else None,
             smooth=meta["smooth"],
-            created=meta["created"],
+            created=meta["created_at"],
         )

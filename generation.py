@@ -81,7 +81,9 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
     )
     if not 1 <= video.fps <= MAX_FPS:
         raise ServiceError(
-            f"video frame rate {video.fps:g} is outside 1..{MAX_FPS:g} fps", code="invalid_video"
+            f"video frame rate {video.fps:g} is outside 1..{MAX_FPS:g} fps",
+            code="invalid_video",
+            status=422,
         )
     return np.stack(video.frames), video.fps
 

@@ -113,7 +113,8 @@ def parse_options(fields: Mapping[str, Any], settings: Settings) -> tuple[Render
         kwargs["smooth"] = _bool("smooth", fields["smooth"])
     if fields.get("model") is not None:
         kwargs["model"] = _choice("model", fields["model"], GENERATOR_NAMES)
-    fmt = _choice("format", fields.get("format") or settings.default_format, FORMATS)
+    requested = fields.get("format")
+    fmt = _choice("format", settings.default_format if requested is None else requested, FORMATS)
     try:
         return RenderOptions(**kwargs), fmt
     except ValueError as exc:

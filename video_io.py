@@ -431,6 +431,8 @@ def _decode_frames(
         raise UnsupportedMediaError("no video stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
+    if ctx is None:
+        raise UnsupportedMediaError("the video codec is not supported")
     if ctx.width and ctx.height:
         _check_pixels(ctx.width, ctx.height, max_pixels)
     if stream.frames and stream.frames > max_frames:

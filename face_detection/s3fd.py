@@ -26,6 +26,8 @@ PIXEL_MEAN = (104.0, 117.0, 123.0)
 # (conv1 of a 1280x720 frame alone holds ~240 MB of f32 activations).
 PIXELS_PER_BATCH = 1_000_000
 MAX_BATCH = 16
+# The network pools 5 times by 2 before its 3x3 fc6: smaller images cannot hold a face.
+MIN_IMAGE_SIDE = 32
 OUTPUT_NAMES = tuple(f"{kind}_s{stride}" for stride in STRIDES for kind in ("cls", "reg"))
 
 
@@ -63,6 +65,9 @@ class S3FDDetector:
     def _candidates(self, images: Sequence[np.ndarray], threshold: float) -> Iterator[np.ndarray]:
         """Per-image (K, 5) detections above `threshold`, batching same-sized frames."""
         if not len(images):
+            return
+        if min(images[0].shape[:2]) < MIN_IMAGE_SIDE:
+            yield from (np.zeros((0, 5), np.float32) for _ in images)
             return
         for batch in batched(images, batch_size_for(images[0].shape)):
             yield from decode_detections(self.raw_outputs(np.stack(batch)), threshold)
