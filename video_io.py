@@ -15,13 +15,14 @@ audio is mono float PCM (N,) in [-1, 1] at a given sample rate.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -359,6 +360,21 @@ def _open_video(data: bytes) -> av.container.InputContainer:
         raise UnsupportedMediaError(f"unreadable {demuxer} video") from exc
 
 
+@contextlib.contextmanager
+def _reading_video(data: bytes) -> Iterator[av.container.InputContainer]:
+    """An open input container; FFmpeg's errors while reading become UnsupportedMediaError."""
+    container = _open_video(data)
+    try:
+        yield container
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        logger.debug("cannot decode video: %s", exc)
+        raise UnsupportedMediaError("corrupt or undecodable video") from exc
+    finally:
+        container.close()
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate and rate > 0 and math.isfinite(float(rate)):
@@ -397,16 +413,8 @@ def decode_video(
     _check_limit("max_frames", max_frames, integer=True)
     _check_limit("max_pixels", max_pixels, integer=True)
     _check_limit("max_duration_s", max_duration_s)
-    container = _open_video(data)
-    try:
+    with _reading_video(data) as container:
         return _decode_frames(container, max_frames, max_pixels, max_duration_s)
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        logger.debug("cannot decode video: %s", exc)
-        raise UnsupportedMediaError("corrupt or undecodable video") from exc
-    finally:
-        container.close()
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -920,16 +928,8 @@ def probe_video(data: bytes) -> dict[str, Any]:
     audio_sample_rate, audio_channels, audio_duration (decoded samples / rate, s); audio
     keys are None without an audio stream. Raises UnsupportedMediaError if unreadable.
     """
-    container = _open_video(data)
-    try:
+    with _reading_video(data) as container:
         return _probe(container)
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        logger.debug("cannot decode video: %s", exc)
-        raise UnsupportedMediaError("corrupt or undecodable video") from exc
-    finally:
-        container.close()
 
 
 def _probe(container: av.container.InputContainer) -> dict[str, Any]:

@@ -83,6 +83,16 @@ def blind_models(untrained_models: Path) -> Path:
     return _build_once(untrained_models.with_name(untrained_models.name + "-blind"), build)
 
 
+@pytest.fixture(scope="module")
+def client(untrained_models):
+    """Flask's test client on the untrained models; no OpenVINO cache, avatars in memory."""
+    from app import create_app
+
+    return create_app(
+        {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None}
+    ).test_client()
+
+
 @pytest.fixture(scope="session")
 def face_image() -> np.ndarray:
     """The 512x512 test portrait, BGR uint8."""

@@ -26,13 +26,6 @@ def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(untrained_models):
-    return create_app(
-        {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None}
-    ).test_client()
-
-
-@pytest.fixture(scope="module")
 def image_b64() -> str:
     from conftest import ASSETS
 

@@ -29,13 +29,6 @@ SPEECH_FRAMES = 15  # ceil(0.6 s * 25 fps)
 
 
 @pytest.fixture(scope="module")
-def client(untrained_models):
-    return create_app(
-        {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None}
-    ).test_client()
-
-
-@pytest.fixture(scope="module")
 def face_jpeg() -> bytes:
     return (ASSETS / "face.jpg").read_bytes()
 

@@ -63,6 +63,15 @@ pytestmark = pytest.mark.slow
 # test_served_spec_matches_the_module checks that the server serves this very document.
 # (`schemathesis.pytest.from_fixture`, which would load the served one, fails under
 # pytest 9: it sets `Function._nodeid`, which pytest no longer has.)
+# Hypothesis settings of the mutated-file tests: bounded, reproducible, no database on disk.
+MUTATION_SETTINGS = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=DETERMINISTIC,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
 schema = schemathesis.openapi.from_dict(openapi.build_spec())
 schema.config.update(request_timeout=REQUEST_TIMEOUT_S)
 schema.config.generation.update(
@@ -180,14 +189,7 @@ def test_mutated_media_never_break_the_server(live_server, media, field, kinds):
     operation = schema["/api/generate"]["POST"]
     valid = {"image": b64(media["png"]), "audio": b64(media["wav"]), "box": [8, 56, 8, 56]}
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=DETERMINISTIC,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
+    @MUTATION_SETTINGS
     @given(data=st.data())
     def check(data):
         kind = data.draw(st.sampled_from(kinds), label="kind")
@@ -206,14 +208,7 @@ def test_mutated_faces_for_registration_never_break_the_server(live_server, medi
     """The same for registration without a box: the detector runs on whatever decodes."""
     operation = schema["/api/avatars"]["POST"]
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=DETERMINISTIC,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
+    @MUTATION_SETTINGS
     @given(data=st.data())
     def check(data):
         kind = data.draw(st.sampled_from(["png", "jpeg", "mp4", "webm"]), label="kind")
