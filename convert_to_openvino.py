@@ -48,6 +48,7 @@ from torch.nn import functional as F
 
 from networks import S3FD, Wav2Lip
 from networks.s3fd import HEAD_SOURCES, STRIDES, head_name
+from util import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -565,15 +566,6 @@ def convert_s3fd(
         DETECTOR_OUTPUTS,
         fp16_weights=fp16_weights,
     )
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _io_spec(spec: Mapping[str, list[int]]) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ import openvino as ov
 import audio
 from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
 from face_detection import s3fd as s3fd_module
-from ov_runtime import CompiledNetwork, make_core, resolve_precision
+from ov_runtime import CompiledNetwork, float_precision, make_core, resolve_precision
 from util import batched, timed
 from wav2lip_model import FACE_SIZE, GENERATOR_NAMES, PendingBatch, Wav2LipGenerator, face_input
 from wav2lip_model import add_preprocessing as add_generator_preprocessing
@@ -154,7 +154,8 @@ class Wav2LipInferenceEngine:
 
     models_dir holds `face_detection.xml`, `wav2lip.xml` and optionally `wav2lip_gan.xml`
     (written by convert_to_openvino.py). precision: "auto" (bf16 where the CPU has it,
-    else f32), "f32" (parity with the PyTorch reference) or "bf16".
+    else f32), "f32" (parity with the PyTorch reference), "bf16", or "int8" (the
+    generators' `<name>.int8.xml` from quantize_int8.py; float layers in bf16/f32).
     """
 
     def __init__(
@@ -173,21 +174,25 @@ class Wav2LipInferenceEngine:
         self.batch_size = batch_size
         self.core: ov.Core = make_core(cache_dir)
         self.precision = resolve_precision(self.core, device, precision)
+        quantized = ".int8" if self.precision == "int8" else ""
         self._networks = {
-            DETECTOR_NAME: self._network(DETECTOR_NAME, s3fd_module.add_preprocessing),
-            **{name: self._network(name, add_generator_preprocessing) for name in GENERATOR_NAMES},
+            DETECTOR_NAME: self._network(f"{DETECTOR_NAME}.xml", s3fd_module.add_preprocessing),
+            **{
+                name: self._network(f"{name}{quantized}.xml", add_generator_preprocessing)
+                for name in GENERATOR_NAMES
+            },
         }
         self.detector = S3FDDetector(self._networks[DETECTOR_NAME])
         self._generators = {
             name: Wav2LipGenerator(self._networks[name]) for name in GENERATOR_NAMES
         }
 
-    def _network(self, name: str, preprocess) -> CompiledNetwork:
+    def _network(self, filename: str, preprocess) -> CompiledNetwork:
         return CompiledNetwork(
             self.core,
-            self.models_dir / f"{name}.xml",
+            self.models_dir / filename,
             device=self.device,
-            precision=self.precision,
+            precision=float_precision(self.core, self.device, self.precision),
             preprocess=preprocess,
         )
 

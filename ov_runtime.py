@@ -14,7 +14,7 @@ import openvino as ov
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "f32", "bf16")
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 
 
 def cpu_supports_bf16(core: ov.Core, device: str = "CPU") -> bool:
@@ -26,13 +26,21 @@ def cpu_supports_bf16(core: ov.Core, device: str = "CPU") -> bool:
 
 
 def resolve_precision(core: ov.Core, device: str, precision: str) -> str:
-    """Map a requested precision ("auto", "f32", "bf16") to the one actually used."""
+    """Map a requested precision ("auto", "f32", "bf16", "int8") to the one actually used."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bf16" if cpu_supports_bf16(core, device) else "f32"
     if precision == "bf16" and not cpu_supports_bf16(core, device):
         raise ValueError(f"precision 'bf16' is not supported by device {device!r}")
+    return precision
+
+
+def float_precision(core: ov.Core, device: str, precision: str) -> str:
+    """The execution precision of float layers: for "int8" models (quantized generator,
+    float detector) the fastest float type the device has."""
+    if precision == "int8":
+        return "bf16" if cpu_supports_bf16(core, device) else "f32"
     return precision
 
 

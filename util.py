@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T", bound=Sequence)
@@ -27,3 +29,12 @@ def timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[No
     finally:
         if timings is not None:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

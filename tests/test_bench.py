@@ -1,0 +1,84 @@
+"""bench/pipeline.py --quick runs end to end and writes a well-formed report.
+
+Structure only: speed targets never go in unit tests (this machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openvino as ov
+import pytest
+
+from ov_runtime import cpu_supports_bf16
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("image_decode", "audio_decode", "mel", "detect", "infer", "paste", "encode", "total")
+
+
+@pytest.fixture(scope="module")
+def precision() -> str:
+    return "bf16" if cpu_supports_bf16(ov.Core()) else "f32"
+
+
+@pytest.fixture(scope="module")
+def quick_run(untrained_models, tmp_path_factory, precision):
+    out = tmp_path_factory.mktemp("bench") / "x.json"
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "pipeline.py"),
+        "--quick",
+        "--no-torch-baseline",
+        "--precisions",
+        precision,
+        "--models-dir",
+        str(untrained_models),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_report_describes_machine_and_settings(quick_run, precision):
+    stdout, report = quick_run
+    assert report["untrained_weights"] is True
+    assert "UNTRAINED" in stdout and "UNTRAINED" in report["warning"]
+    machine = report["machine"]
+    for key in ("cpu_model", "logical_cores", "openvino_version", "bf16_supported", "cpu_flags"):
+        assert key in machine
+    assert machine["openvino_version"] == ov.get_version()
+    settings = report["settings"]
+    assert settings["quick"] is True and settings["repeats"] == 1
+    assert settings["durations_s"] == [5.0] and settings["sizes"] == ["720x576"]
+    assert settings["precisions"] == [precision]
+
+
+@pytest.mark.slow
+def test_pipeline_row_has_stages_fps_rtf_and_peak_rss(quick_run, precision):
+    _, report = quick_run
+    [row] = report["pipeline"]
+    assert (row["precision"], row["duration_s"], row["size"]) == (precision, 5.0, "720x576")
+    assert row["frames"] == 125  # ceil(5 s * 25 fps)
+    stages = row["stages_s"]
+    for stage in (*STAGES, "detect_s3fd", "detect_box", "total_box"):
+        assert isinstance(stages[stage], float) and stages[stage] >= 0, stage
+    parts = sum(stages[s] for s in STAGES if s != "total")
+    assert parts <= stages["total"] * 1.05
+    assert row["wav2lip_fps"] > 0 and row["stream_fps"] > 0
+    assert row["rtf"] == pytest.approx(stages["total"] / 5.0, rel=1e-3)
+    assert row["peak_rss_mb"] >= row["rss_after_compile_mb"] > 0
+    assert len(row["runs"]) == 1
+
+
+@pytest.mark.slow
+def test_microbenchmark_and_no_torch_baseline(quick_run, precision):
+    stdout, report = quick_run
+    assert report["micro"][precision]["fps"]["16"] > 0
+    assert "torch_baseline" not in report
+    assert "Pipeline" in stdout and "frames/s" in stdout
