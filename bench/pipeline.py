@@ -537,6 +537,24 @@ def hint_variants(core: ov.Core, cfg: dict[str, Any], mels, faces) -> dict[str, 
     return out
 
 
+def accuracy_vs_f32(core: ov.Core, cfg: dict[str, Any], generator, mels, faces) -> dict:
+    """Max abs difference and PSNR of the 96x96 mouths against f32 on the same inputs."""
+    reference = Wav2LipGenerator(generator_network(core, {**cfg, "precision": "f32"}))
+    ours, expected = [], []
+    for start in range(0, len(mels), TORCH_BATCH):
+        part = slice(start, start + TORCH_BATCH)
+        ours.append(generator.infer(mels[part], faces[part]))
+        expected.append(reference.infer(mels[part], faces[part]))
+    ours_all, expected_all = np.concatenate(ours), np.concatenate(expected)
+    diff = np.abs(ours_all.astype(np.int16) - expected_all.astype(np.int16))
+    return {
+        "samples": len(mels),
+        "max_abs": int(diff.max()),
+        "mean_abs": round(float(diff.mean()), 3),
+        "psnr_db": round(quantize_int8.psnr(expected_all, ours_all), 2),
+    }
+
+
 def micro_child(cfg: dict[str, Any]) -> dict[str, Any]:
     """Wav2Lip stage only: frames/s per batch size through Wav2LipGenerator.infer."""
     core = make_core(OV_CACHE)
@@ -554,6 +572,7 @@ def micro_child(cfg: dict[str, Any]) -> dict[str, Any]:
         "hint": str(compiled.get_property("PERFORMANCE_HINT")),
         "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
     }
+    result["vs_f32"] = accuracy_vs_f32(core, cfg, generator, mels, faces)
     if cfg.get("hints"):
         result["hints"] = hint_variants(core, cfg, mels, faces)
     return result
@@ -722,6 +741,15 @@ def print_micro(micro: dict[str, Any], torch_fps: float | None, ratios: dict) ->
     for precision, result in micro.items():
         cells = [f"{result['fps'][b]:.1f}/{result['fps_best'][b]:.1f}" for b in batches]
         print(fmt_row([precision, *cells], widths))
+    print(
+        "Difference from f32 on the same inputs (96x96 uint8 mouths; untrained weights amplify it):"
+    )
+    for precision, result in micro.items():
+        acc = result["vs_f32"]
+        print(
+            f"  {precision}: max abs {acc['max_abs']}, mean abs {acc['mean_abs']}, "
+            f"PSNR {acc['psnr_db']} dB"
+        )
     if torch_fps:
         print(f"PyTorch fp32 batch {TORCH_BATCH}: {torch_fps:.1f} frames/s; ratio ours/torch:")
         for precision, by_batch in ratios.items():

@@ -82,3 +82,7 @@ def test_microbenchmark_and_no_torch_baseline(quick_run, precision):
     assert report["micro"][precision]["fps"]["16"] > 0
     assert "torch_baseline" not in report
     assert "Pipeline" in stdout and "frames/s" in stdout
+    accuracy = report["micro"][precision]["vs_f32"]
+    assert accuracy["samples"] > 0 and accuracy["max_abs"] >= 0
+    assert accuracy["psnr_db"] > 20  # bf16 vs f32 on the same inputs (~32 dB measured)
+    assert "Difference from f32" in stdout
