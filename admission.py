@@ -74,6 +74,13 @@ class AdmissionController:
     def saturated(self) -> bool:
         return self.active >= self.max_concurrent and self.waiting >= self.max_queue
 
+    def refuse_if_saturated(self) -> None:
+        """Cheap early refusal (before a request body is parsed) when no place is left."""
+        if self.saturated:
+            raise OverloadedError(
+                f"server busy: {self.active} running, {self.waiting} queued", self.retry_after_s
+            )
+
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         """Hold a generation slot for the block; OverloadedError when none comes in time."""

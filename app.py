@@ -344,6 +344,7 @@ def valid_avatar_id(avatar_id: Any) -> str:
 
 def register_avatar():
     svc = service()
+    svc.admission.refuse_if_saturated()
     fields, media = read_fields(request)
     options, _ = parse_options(fields, svc.settings)
     options = dataclasses.replace(options, fill_missing_faces=svc.settings.fill_missing_faces)
@@ -371,6 +372,7 @@ def delete_avatar(avatar_id: str):
 def generate_video():
     svc = service()
     settings = svc.settings
+    svc.admission.refuse_if_saturated()  # before spending time on a body we would refuse
     deadline = Deadline(settings.request_timeout_s, request.environ.get("gunicorn.socket"))
     fields, media = read_fields(request)
     binary, accepted_container = response_mode(fields, request)

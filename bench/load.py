@@ -64,12 +64,17 @@ def client_loop(
         if time.monotonic() >= stop_at:
             return
         start = time.monotonic()
+        retry_after = 0.0
         try:
-            status = session.post(url + "/api/generate", json=payload, timeout=300).status_code
+            response = session.post(url + "/api/generate", json=payload, timeout=300)
+            status = response.status_code
+            retry_after = float(response.headers.get("Retry-After", 0))
         except requests.RequestException as exc:
             status = type(exc).__name__
         with lock:
             results.append((status, time.monotonic() - start))
+        # A well-behaved client waits as told before retrying (bounded by the round's end).
+        time.sleep(max(0.0, min(retry_after, stop_at - time.monotonic())))
 
 
 def run_round(url: str, payload: dict, concurrency: int, seconds: float) -> dict:
