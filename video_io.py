@@ -879,6 +879,10 @@ class VideoEncoder:
                 self._container.close()
             except (av.FFmpegError, OSError, ValueError) as exc:
                 logger.debug("ignoring error while aborting encode: %s", exc)
+        # The container holds our io_open hook (a bound method), so it and the encoder form
+        # a reference cycle; drop our side now so FFmpeg's buffers are freed at once rather
+        # than at the next cyclic garbage collection (tens of MB per encode).
+        self._container = self._video = self._audio = None
         self._audio_frames = deque()
         self._buffer = io.BytesIO()
 
