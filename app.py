@@ -331,8 +331,12 @@ def lookup_avatar(avatar_id: Any) -> Avatar:
     """The stored avatar or a 400 (malformed id) / 404 (unknown id)."""
     avatar = service().store.get(valid_avatar_id(avatar_id))
     if avatar is None:
-        raise ServiceError(f"avatar {avatar_id} not found", code="avatar_not_found", status=404)
+        raise avatar_not_found(avatar_id)
     return avatar
+
+
+def avatar_not_found(avatar_id: str) -> ServiceError:
+    return ServiceError(f"avatar {avatar_id} not found", code="avatar_not_found", status=404)
 
 
 def valid_avatar_id(avatar_id: Any) -> str:
@@ -347,7 +351,6 @@ def register_avatar():
     svc.admission.refuse_if_saturated()
     fields, media = read_fields(request)
     options, _ = parse_options(fields, svc.settings)
-    options = dataclasses.replace(options, fill_missing_faces=svc.settings.fill_missing_faces)
     face = face_media(media)
     with svc.admission.slot():  # detection on a video is as costly as a generation
         avatar, created = svc.store.get_or_create(face, options, persist=True)
@@ -365,7 +368,7 @@ def get_avatar(avatar_id: str):
 
 def delete_avatar(avatar_id: str):
     if not service().store.delete(valid_avatar_id(avatar_id)):
-        raise ServiceError(f"avatar {avatar_id} not found", code="avatar_not_found", status=404)
+        raise avatar_not_found(avatar_id)
     return jsonify({"success": True, "avatar_id": avatar_id, "deleted": True})
 
 
@@ -377,7 +380,6 @@ def generate_video():
     fields, media = read_fields(request)
     binary, accepted_container = response_mode(fields, request)
     options, fmt = parse_options({"format": accepted_container, **fields}, settings)
-    options = dataclasses.replace(options, fill_missing_faces=settings.fill_missing_faces)
     avatar_id = fields.get("avatar_id")
     face = None if avatar_id is not None else face_media(media)
     if "audio" not in media:

@@ -50,29 +50,30 @@ M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
 MALLOC_SETTINGS = {M_MMAP_THRESHOLD: 256 * 1024, M_ARENA_MAX: 2}
 
 
-def _libc():
+def _libc_function(name: str):
+    """A glibc function, or None where there is no glibc (then nothing is tuned)."""
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c"))
-    except OSError:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError):
         return None
 
 
-LIBC = _libc()
+MALLOPT, MALLOC_TRIM = _libc_function("mallopt"), _libc_function("malloc_trim")
 
 
 def post_fork(server, worker):
-    if LIBC is not None and hasattr(LIBC, "mallopt"):
+    if MALLOPT is not None:
         for option, value in MALLOC_SETTINGS.items():
-            LIBC.mallopt(option, value)
+            MALLOPT(option, value)
 
 
 def post_request(worker, req, environ, resp):
     """After a generation, hand freed heap pages back to the OS (RSS tracks live memory)."""
-    if req.method == "POST" and LIBC is not None and hasattr(LIBC, "malloc_trim"):
-        LIBC.malloc_trim(0)
+    if req.method == "POST" and MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 def post_worker_init(worker):

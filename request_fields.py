@@ -101,7 +101,7 @@ def read_fields(req: Request) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 def parse_options(fields: Mapping[str, Any], settings: Settings) -> tuple[RenderOptions, str]:
-    """Validated render options and output format from request fields."""
+    """Validated render options (server-side face policy included) and output format."""
     kwargs: dict[str, Any] = {}
     if fields.get("fps") is not None:
         kwargs["fps"] = _number("fps", fields["fps"])
@@ -115,6 +115,7 @@ def parse_options(fields: Mapping[str, Any], settings: Settings) -> tuple[Render
         kwargs["model"] = _choice("model", fields["model"], GENERATOR_NAMES)
     requested = fields.get("format")
     fmt = _choice("format", settings.default_format if requested is None else requested, FORMATS)
+    kwargs["fill_missing_faces"] = settings.fill_missing_faces
     try:
         return RenderOptions(**kwargs), fmt
     except ValueError as exc:

@@ -9,10 +9,12 @@ head.cleanup()
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
 CONTAINERS = {".webm": "webm", ".mp4": "mp4"}
 # Speech used to measure throughput when no generation has run yet.
 CALIBRATION_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """The service's HTTP-flavoured refusals (ServiceError) become plain ValueErrors here."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise ValueError(exc.message) from exc
 
 
 class Wav2LipTalkingHead:
@@ -107,10 +118,8 @@ class Wav2LipTalkingHead:
             )
         if not audio_path.is_file():
             raise FileNotFoundError(f"audio file not found: {audio_path}")
-        try:
+        with _plain_errors():
             speech = generation.decode_speech(audio_path.read_bytes(), self.settings)
-        except ServiceError as exc:
-            raise ValueError(exc.message) from exc
         result = self._render(speech, fps, container, include_audio)
         self._write_atomically(output_path, result.video.data)
         return str(output_path)
@@ -163,7 +172,7 @@ class Wav2LipTalkingHead:
     def _render(self, speech: generation.Speech, fps: float, container: str, include_audio: bool):
         options = dataclasses.replace(self.options, fps=fps)
         self.preprocess_avatar()
-        try:
+        with _plain_errors():
             start = time.perf_counter()
             result = generation.generate(
                 self.engine,
@@ -173,8 +182,6 @@ class Wav2LipTalkingHead:
                 video_io.EncodeOptions(container=container),
                 include_audio=include_audio,
             )
-        except ServiceError as exc:  # HTTP-flavoured refusals become plain ValueErrors here
-            raise ValueError(exc.message) from exc
         self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)
         return result
 
