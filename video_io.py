@@ -498,7 +498,7 @@ class EncodeOptions:
     x264_profile: str = "high"
     audio_bitrate: int = 64_000
     keyframe_interval_s: float = 4.0
-    threads: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.container not in MIME_TYPES:
@@ -697,10 +697,12 @@ class VideoEncoder:
 
     Encoder choices (speed first: this runs per request on 2 CPU cores):
     - VP9: `deadline=realtime`, `cpu-used=8` (the fastest speed libvpx-vp9 accepts),
-      `row-mt=1` and 2 threads to use both cores, `lag-in-frames=0` (no lookahead
-      buffering), constant quality `crf=30` with `b:v 0`. On a 720x576 talking head this
-      gives ~34 dB PSNR on the mouth region at ~0.5 Mbit/s; CRF 26 adds ~1 dB for +20 %
-      size, and the speed setting, not CRF, dominates encode time (~0.4 s for 125 frames).
+      `lag-in-frames=0` (no lookahead buffering), one thread by default: Wav2Lip keeps
+      both cores busy while frames are encoded, and a second encoder thread (`row-mt=1`
+      lets it split rows) made 5 s requests 5-7 % slower here; constant quality `crf=30`
+      with `b:v 0`. On a 720x576 talking head this gives ~34 dB PSNR on the mouth region
+      at ~0.5 Mbit/s; CRF 26 adds ~1 dB for +20 % size, and the speed setting, not CRF,
+      dominates encode time (~0.3 s for 125 frames).
     - H.264: libx264 `preset=veryfast`, `crf=23` (x264's default quality point), no tune
       (film/animation tunes only shift grain/deblocking), profile high, yuv420p,
       `movflags=+faststart` so browsers can start playback before the whole file loads.

@@ -5,11 +5,13 @@ Structure only: speed targets never go in unit tests (this machine is shared and
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 import pytest
 
@@ -86,3 +88,26 @@ def test_microbenchmark_and_no_torch_baseline(quick_run, precision):
     assert accuracy["samples"] > 0 and accuracy["max_abs"] >= 0
     assert accuracy["psnr_db"] > 20  # bf16 vs f32 on the same inputs (~32 dB measured)
     assert "Difference from f32" in stdout
+
+
+def test_reference_write_makes_the_references_mp4(tmp_path):
+    """The torch baseline's video writing: DIVX AVI, then H.264 + AAC in MP4 with the speech."""
+    import av
+    import soundfile as sf
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pipeline as bench
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(10, 64, 96, 3), dtype=np.uint8)
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, rng.uniform(-0.5, 0.5, 6400).astype(np.float32), 16000, subtype="PCM_16")
+
+    data = bench.reference_write(frames, 25.0, wav)
+
+    with av.open(io.BytesIO(data)) as mp4:
+        video, sound = mp4.streams.video[0], mp4.streams.audio[0]
+        assert (video.codec_context.name, sound.codec_context.name) == ("h264", "aac")
+        decoded = [f.to_ndarray(format="bgr24") for f in mp4.decode(video=0)]
+    assert len(decoded) == len(frames)
+    assert decoded[0].shape == frames[0].shape
