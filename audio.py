@@ -313,26 +313,46 @@ def mel_chunks(mel: np.ndarray, fps: float, num_frames: int | None = None) -> np
     mel: shape (N_MELS, T), T >= 1 (as returned by melspectrogram).
     Returns shape (n_windows, N_MELS, MEL_WINDOW), float32, C-contiguous.
     """
-    mel = np.asarray(mel, dtype=np.float32)
-    if mel.ndim != 2 or mel.shape[0] != N_MELS or mel.shape[1] == 0:
-        raise ValueError(f"expected a mel spectrogram of shape ({N_MELS}, T>=1), got {mel.shape}")
-    step = MEL_FRAMES_PER_SECOND / _check_fps(fps)
-    num_columns = mel.shape[1]
+    return MelWindows(mel, fps, num_frames)[:]
 
-    if num_frames is None:
-        full = _count_full_windows(num_columns, step)
-        starts = np.append(_window_starts(full, step), max(num_columns - MEL_WINDOW, 0))
-    else:
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int | np.integer):
-            raise ValueError(f"num_frames must be an int or None, got {num_frames!r}")
-        if num_frames < 0:
-            raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-        starts = _window_starts(int(num_frames), step)
 
-    width = max(num_columns, MEL_WINDOW, int(starts[-1]) + MEL_WINDOW if starts.size else 0)
-    padded = np.pad(mel, ((0, 0), (0, width - num_columns)), constant_values=SILENCE_VALUE)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW, axis=1)
-    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2))
+class MelWindows:
+    """The windows of `mel_chunks` (same arguments), cut when asked for.
+
+    ``len(windows)`` is the window count; ``windows[a:b]`` -> (b - a, N_MELS, MEL_WINDOW)
+    float32, C-contiguous. Only the spectrogram is held (at 25 fps a fifth of the size of
+    all its windows), so a long speech's windows never all sit in memory at once.
+    """
+
+    def __init__(self, mel: np.ndarray, fps: float, num_frames: int | None = None) -> None:
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim != 2 or mel.shape[0] != N_MELS or mel.shape[1] == 0:
+            raise ValueError(
+                f"expected a mel spectrogram of shape ({N_MELS}, T>=1), got {mel.shape}"
+            )
+        step = MEL_FRAMES_PER_SECOND / _check_fps(fps)
+        num_columns = mel.shape[1]
+        if num_frames is None:
+            full = _count_full_windows(num_columns, step)
+            starts = np.append(_window_starts(full, step), max(num_columns - MEL_WINDOW, 0))
+        else:
+            if isinstance(num_frames, bool) or not isinstance(num_frames, int | np.integer):
+                raise ValueError(f"num_frames must be an int or None, got {num_frames!r}")
+            if num_frames < 0:
+                raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+            starts = _window_starts(int(num_frames), step)
+        width = max(num_columns, MEL_WINDOW, int(starts[-1]) + MEL_WINDOW if starts.size else 0)
+        padded = np.pad(mel, ((0, 0), (0, width - num_columns)), constant_values=SILENCE_VALUE)
+        self._windows = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW, axis=1)
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f"MelWindows takes a slice, got {type(index).__name__}")
+        return np.ascontiguousarray(self._windows[:, self._starts[index]].transpose(1, 0, 2))
 
 
 def num_video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:

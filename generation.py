@@ -88,8 +88,9 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
     return np.stack(video.frames), video.fps
 
 
-def speech_windows(speech: Speech, fps: float) -> np.ndarray:
-    """Mel windows covering the whole speech at `fps`: (N, 80, 16), N = ceil(duration * fps)."""
+def speech_windows(speech: Speech, fps: float) -> audio.MelWindows:
+    """Mel windows covering the whole speech at `fps`, cut batch by batch as they are used:
+    N = ceil(duration * fps) windows of (80, 16)."""
     num_frames = audio.num_video_frames(len(speech.model_input), fps)
     if num_frames < 1 or len(speech.model_input) < audio.MIN_MEL_SAMPLES:
         raise AudioError(
@@ -97,7 +98,7 @@ def speech_windows(speech: Speech, fps: float) -> np.ndarray:
             f"({1000 / fps:.0f} ms) is needed",
             code="audio_too_short",
         )
-    return audio.mel_chunks(audio.melspectrogram(speech.model_input), fps, num_frames)
+    return audio.MelWindows(audio.melspectrogram(speech.model_input), fps, num_frames)
 
 
 def _single_frames(

@@ -316,11 +316,13 @@ class Wav2LipInferenceEngine:
     def iter_frames(
         self,
         prepared: PreparedFace,
-        mel_chunks: np.ndarray,
+        mel_chunks: np.ndarray | audio.MelWindows,
         model: str = "wav2lip",
         timings: MutableMapping[str, float] | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size.
+
+        mel_chunks: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap.

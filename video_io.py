@@ -608,28 +608,57 @@ def _prepare_audio(audio: np.ndarray | None, sample_rate: int | None) -> np.ndar
     return np.ascontiguousarray(np.clip(samples, -1.0, 1.0))
 
 
-def _resample_audio(
-    samples: np.ndarray, sample_rate: int, ctx: av.audio.codeccontext.AudioCodecContext
-) -> deque[av.AudioFrame]:
-    """Split float32 mono audio into encoder-ready frames (codec format, 48 kHz, codec
-    frame size, last frame short) with consecutive pts in 1/48000 units."""
-    source = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-    source.sample_rate = sample_rate
-    source.pts = 0
-    source.time_base = Fraction(1, sample_rate)
-    resampler = av.AudioResampler(
-        format=ctx.format.name,
-        layout=ctx.layout.name,
-        rate=ctx.sample_rate,
-        frame_size=ctx.frame_size or None,
-    )
-    frames = resampler.resample(source) + resampler.resample(None)
-    pts = 0
-    for frame in frames:
-        frame.pts = pts
-        frame.time_base = Fraction(1, ctx.sample_rate)
-        pts += frame.samples
-    return deque(frames)
+class _AudioFeed:
+    """Speech resampled for the encoder a second at a time, as the video reaches it.
+
+    Yields encoder-ready frames (codec format, 48 kHz, codec frame size, the last one
+    short) with consecutive pts in 1/48000 units. Only about one second of resampled audio
+    is held at a time, so memory does not grow with the length of the speech.
+    """
+
+    def __init__(
+        self, samples: np.ndarray, sample_rate: int, ctx: av.audio.codeccontext.AudioCodecContext
+    ) -> None:
+        self._samples, self._rate = samples, sample_rate
+        self._resampler = av.AudioResampler(
+            format=ctx.format.name,
+            layout=ctx.layout.name,
+            rate=ctx.sample_rate,
+            frame_size=ctx.frame_size or None,
+        )
+        self._time_base = Fraction(1, ctx.sample_rate)
+        self._fed = 0  # source samples given to the resampler
+        self._flushed = False
+        self._pts = 0
+        self._ready: deque[av.AudioFrame] = deque()
+
+    def frames_before(self, limit: Fraction | None) -> Iterator[av.AudioFrame]:
+        """The frames starting before output sample `limit` (all remaining if None)."""
+        while True:
+            while self._ready and (limit is None or self._ready[0].pts < limit):
+                yield self._ready.popleft()
+            if self._ready or not self._resample_more():
+                return
+
+    def _resample_more(self) -> bool:
+        """Resample the next second of speech (or flush). False once everything is out."""
+        if self._flushed:
+            return False
+        if self._fed < len(self._samples):
+            chunk = self._samples[self._fed : self._fed + self._rate]
+            source = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            source.sample_rate, source.pts = self._rate, self._fed
+            source.time_base = Fraction(1, self._rate)
+            self._fed += len(chunk)
+            frames = self._resampler.resample(source)
+        else:
+            self._flushed = True
+            frames = self._resampler.resample(None)
+        for frame in frames:
+            frame.pts, frame.time_base = self._pts, self._time_base
+            self._pts += frame.samples
+            self._ready.append(frame)
+        return True
 
 
 class _SharedReader(io.RawIOBase):
@@ -747,10 +776,10 @@ class VideoEncoder:
             self._video = self._add_video_stream()
             self._audio = None if samples is None else self._add_audio_stream()
             self._container.start_encoding()  # opens the codecs: audio frame_size is known
-            self._audio_frames: deque[av.AudioFrame] = (
-                deque()
+            self._audio_feed = (
+                None
                 if self._audio is None
-                else _resample_audio(samples, sample_rate, self._audio.codec_context)
+                else _AudioFeed(samples, sample_rate, self._audio.codec_context)
             )
         except BaseException:
             self.close()
@@ -830,11 +859,11 @@ class VideoEncoder:
 
     def _write_audio_until(self, seconds: Fraction | None) -> None:
         """Encode the queued audio frames starting before `seconds` (all if None)."""
-        if self._audio is None:
+        if self._audio_feed is None:
             return
         limit = None if seconds is None else seconds * AUDIO_RATE
-        while self._audio_frames and (limit is None or self._audio_frames[0].pts < limit):
-            self._container.mux(self._audio.encode(self._audio_frames.popleft()))
+        for frame in self._audio_feed.frames_before(limit):
+            self._container.mux(self._audio.encode(frame))
 
     def finish(self) -> EncodedVideo:
         """Flush encoders, finalise the container and return the file."""
@@ -884,8 +913,7 @@ class VideoEncoder:
         # The container holds our io_open hook (a bound method), so it and the encoder form
         # a reference cycle; drop our side now so FFmpeg's buffers are freed at once rather
         # than at the next cyclic garbage collection (tens of MB per encode).
-        self._container = self._video = self._audio = None
-        self._audio_frames = deque()
+        self._container = self._video = self._audio = self._audio_feed = None
         self._buffer = io.BytesIO()
 
     def __enter__(self) -> VideoEncoder:

@@ -2,7 +2,8 @@
 
     python bench/pipeline.py [--models-dir DIR] [--durations 5,30,120]
         [--sizes 720x576,1280x720] [--fps 25] [--repeats 3] [--precisions f32,bf16,int8]
-        [--torch-baseline/--no-torch-baseline] [--out bench/results/pipeline.json] [--quick]
+        [--torch-baseline/--no-torch-baseline] [--pairs 3] [--out bench/results/pipeline.json]
+        [--quick]
 
 For every (precision, speech duration, image size) it runs, in a fresh subprocess (so peak
 RSS is that configuration's), what POST /api/generate runs for a new face image: audio
@@ -21,9 +22,11 @@ VP9/Opus WebM encode). Stage times are medians over --repeats runs after a warm-
 It also times the plain PyTorch reference pipeline (networks/reference_pipeline.py) on the
 5 s input at the first size: without encoding, against ours doing the same work; and end to
 end, with the reference's way of writing the video (DIVX AVI via cv2.VideoWriter, then
-ffmpeg's H.264 + AAC re-encode, here through PyAV), against our whole request. Last, a
-Wav2Lip-only microbenchmark: frames/s per batch size for each OpenVINO precision, LATENCY
-vs THROUGHPUT hints, and PyTorch fp32 at batch 16.
+ffmpeg's H.264 + AAC re-encode, here through PyAV), against our whole request. The
+baseline and ours alternate for --pairs rounds (fresh processes each) and the ratios are
+medians over the rounds, so a busy minute on a shared machine skews one round only. A
+Wav2Lip-only microbenchmark adds frames/s per batch size for each OpenVINO precision,
+LATENCY vs THROUGHPUT hints, and PyTorch fp32 at batch 16.
 
 Without trained models in models/ it converts seeded random-init networks (cached in
 .cache/bench-models, with an INT8 copy made by quantize_int8.py) and says so loudly: the

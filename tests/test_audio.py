@@ -441,3 +441,17 @@ def test_num_video_frames_rejects_bad_input():
         audio.num_video_frames(100, 0)
     with pytest.raises(ValueError, match="sample_rate"):
         audio.num_video_frames(100, 25, 0)
+
+
+@pytest.mark.parametrize("num_frames", [None, 0, 7, 61])
+def test_mel_windows_cut_on_demand_equal_mel_chunks(num_frames):
+    mel = random_mel(150)
+    chunks = audio.mel_chunks(mel, 29.97, num_frames)
+    windows = audio.MelWindows(mel, 29.97, num_frames)
+    assert len(windows) == len(chunks)
+    for start in range(0, len(chunks), 16):
+        part = windows[start : start + 16]
+        assert part.flags.c_contiguous and part.dtype == np.float32
+        np.testing.assert_array_equal(part, chunks[start : start + 16])
+    with pytest.raises(TypeError, match="slice"):
+        windows[0]

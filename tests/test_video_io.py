@@ -862,3 +862,30 @@ def test_encode_and_decode_touch_no_files(
     decode_video(out.data, max_frames=3, max_pixels=BIG, max_duration_s=1)
     probe_video(out.data)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_audio_feed_resamples_lazily_and_like_one_pass() -> None:
+    """The encoder's audio is resampled a second at a time as the video advances; the
+    frames are the ones a single pass over the whole speech gives."""
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = 48_000, "mono", "flt"
+    ctx.open()
+    speech = np.random.default_rng(3).uniform(-0.5, 0.5, 44_100 * 5 + 123).astype(np.float32)
+    feed = video_io._AudioFeed(speech, 44_100, ctx)
+
+    head = list(feed.frames_before(Fraction(48_000 // 10)))
+    assert [f.pts for f in head] == [960 * i for i in range(5)]
+    assert feed._fed <= 44_100  # 0.1 s asked: at most one second resampled so far
+    frames = head + list(feed.frames_before(None))
+
+    whole = av.AudioFrame.from_ndarray(speech[None], format="flt", layout="mono")
+    whole.sample_rate, whole.pts, whole.time_base = 44_100, 0, Fraction(1, 44_100)
+    one_pass = av.AudioResampler(format="flt", layout="mono", rate=48_000, frame_size=960)
+    expected = one_pass.resample(whole) + one_pass.resample(None)
+    assert [f.samples for f in frames] == [f.samples for f in expected]
+    assert [f.pts for f in frames] == list(np.cumsum([0] + [f.samples for f in frames])[:-1])
+    np.testing.assert_allclose(
+        np.concatenate([f.to_ndarray()[0] for f in frames]),
+        np.concatenate([f.to_ndarray()[0] for f in expected]),
+        atol=1e-6,
+    )
