@@ -110,6 +110,13 @@ def csv_of(convert: Callable[[str], Any]) -> Callable[[str], list]:
     return lambda text: [convert(v.strip()) for v in text.split(",") if v.strip()]
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -127,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=16, help="engine batch size (default 16)")
     add("--sample-rate", type=int, default=16000, help="sample rate of the WAV speech")
     add("--torch-baseline", action=argparse.BooleanOptionalAction, default=True)
-    add("--pairs", type=int, default=3, help="rounds alternating the torch baseline and ours")
+    add(
+        "--pairs",
+        type=positive_int,
+        default=3,
+        help="rounds alternating the torch baseline and ours (>= 1)",
+    )
     add("--micro", action=argparse.BooleanOptionalAction, default=True, help="Wav2Lip only")
     add("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     add("--quick", action="store_true", help="smoke run: 1 repeat, 5 s, 720x576, small micro")
@@ -608,6 +620,8 @@ def reference_write(frames: np.ndarray, fps: float, wav_path: Path) -> bytes:
     with tempfile.TemporaryDirectory(prefix="bench-ref-") as tmp:
         avi, mp4 = Path(tmp) / "result.avi", Path(tmp) / "result.mp4"
         writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"DIVX"), fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError("this OpenCV build cannot write DIVX AVI")
         for frame in frames:
             writer.write(frame)
         writer.release()
@@ -616,7 +630,7 @@ def reference_write(frames: np.ndarray, fps: float, wav_path: Path) -> bytes:
             av.open(str(wav_path)) as speech,
             av.open(str(mp4), "w") as dst,
         ):
-            video = dst.add_stream("libx264", rate=round(fps))
+            video = dst.add_stream("libx264", rate=video_io.frame_rate(fps))
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             sound = dst.add_stream("aac", rate=speech.streams.audio[0].rate)
             for picture in src.decode(video=0):
@@ -819,14 +833,15 @@ def print_torch(comparison: dict[str, Any]) -> None:
     )
     for precision, r in comparison["ratio_vs_ours"].items():
         spread = [x["ratio_vs_ours"][precision] for x in comparison["per_round"]]
-        low, high = (
+        no_encode_range, end_to_end_range = (
             f"{min(x[key] for x in spread):.2f}-{max(x[key] for x in spread):.2f}"
             for key in ("speedup_no_encode", "speedup_end_to_end")
         )
         print(
             f"  vs ours {precision}: {r['speedup_no_encode']:.2f}x faster without encode "
-            f"({r['ours_no_encode_s']:.3f} s; rounds {low}), {r['speedup_end_to_end']:.2f}x "
-            f"end to end ({r['ours_total_s']:.3f} s; rounds {high})"
+            f"({r['ours_no_encode_s']:.3f} s; rounds {no_encode_range}), "
+            f"{r['speedup_end_to_end']:.2f}x end to end ({r['ours_total_s']:.3f} s; "
+            f"rounds {end_to_end_range})"
         )
 
 

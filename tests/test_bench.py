@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -95,15 +96,14 @@ def test_reference_write_makes_the_references_mp4(tmp_path):
     import av
     import soundfile as sf
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    import pipeline as bench
+    from bench import pipeline as bench
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(10, 64, 96, 3), dtype=np.uint8)
     wav = tmp_path / "speech.wav"
     sf.write(wav, rng.uniform(-0.5, 0.5, 6400).astype(np.float32), 16000, subtype="PCM_16")
 
-    data = bench.reference_write(frames, 25.0, wav)
+    data = bench.reference_write(frames, 29.97, wav)
 
     with av.open(io.BytesIO(data)) as mp4:
         video, sound = mp4.streams.video[0], mp4.streams.audio[0]
@@ -111,3 +111,12 @@ def test_reference_write_makes_the_references_mp4(tmp_path):
         decoded = [f.to_ndarray(format="bgr24") for f in mp4.decode(video=0)]
     assert len(decoded) == len(frames)
     assert decoded[0].shape == frames[0].shape
+    assert video.average_rate == Fraction(2997, 100)
+
+
+def test_pairs_must_be_positive():
+    from bench import pipeline as bench
+
+    assert bench.build_parser().parse_args(["--pairs", "2"]).pairs == 2
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--pairs", "0"])
