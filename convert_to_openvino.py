@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from networks import S3FD, Wav2Lip
 from networks.s3fd import HEAD_SOURCES, STRIDES, head_name
-from util import sha256_file
+from util import configure_logging, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -807,10 +807,7 @@ def _resolve_checkpoints(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         checkpoints = _resolve_checkpoints(args, parser)
         convert_all(

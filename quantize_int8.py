@@ -48,7 +48,7 @@ import numpy as np
 import openvino as ov
 
 import audio
-from util import sha256_file
+from util import configure_logging, sha256_file
 from wav2lip_model import (
     AUDIO_INPUT,
     FACE_INPUT,
@@ -432,10 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if args.samples < 1:
         parser.error("--samples must be >= 1")
     names = args.models or [n for n in GENERATOR_NAMES if (args.models_dir / f"{n}.xml").is_file()]

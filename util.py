@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T", bound=Sequence)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr at INFO (DEBUG if `verbose`) in the format the scripts and server share."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
 
 
 def batched(items: T, size: int) -> Iterator[T]:
