@@ -195,8 +195,8 @@ def test_metrics_add_up_across_two_workers(untrained_models, tmp_path):
     )
     try:
         deadline = time.monotonic() + 60
-        while len(metric_pids(tmp_path / "metrics")) < 2:  # both workers compiled and wrote
-            assert time.monotonic() < deadline, "second worker never wrote its samples"
+        while len(compiled_worker_pids(tmp_path / "metrics")) < 2:  # both compiled
+            assert time.monotonic() < deadline, "second worker never recorded its compile time"
             time.sleep(0.2)
         for _ in range(12):
             assert requests.get(server.url + "/health/live", timeout=10).status_code == 200
@@ -213,9 +213,13 @@ def test_metrics_add_up_across_two_workers(untrained_models, tmp_path):
     assert not any((tmp_path / "metrics").iterdir()), "the master removes its metrics directory"
 
 
-def metric_pids(directory: Path) -> set[int]:
-    """Processes with a sample file (named like counter_<pid>.db) in a multiprocess dir."""
-    return {int(p.stem.rsplit("_", 1)[1]) for p in directory.rglob("*.db")}
+def compiled_worker_pids(directory: Path) -> set[int]:
+    """Workers that recorded their compile time in a multiprocess metrics dir.
+
+    Unlabelled metrics get their sample file (<kind>_<pid>.db) when a worker imports them;
+    the labelled compile-time gauge's file (gauge_max_<pid>.db) appears only once it is set.
+    """
+    return {int(p.stem.rsplit("_", 1)[1]) for p in directory.rglob("gauge_max_*.db")}
 
 
 def raw_generate_then_hang_up(url: str, seconds: float) -> None:
