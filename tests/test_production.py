@@ -46,7 +46,7 @@ def generate_body(seconds: float = 0.4) -> dict:
 def test_admission_queue_and_wait_limits():
     seen = []
     ctl = AdmissionController(
-        1, 1, 0.2, retry_after_s=7, on_change=lambda a, w: seen.append((a, w))
+        1, 1, 1.0, retry_after_s=7, on_change=lambda a, w: seen.append((a, w))
     )
     with ctl.slot():
         assert (ctl.active, ctl.waiting) == (1, 0)
@@ -61,13 +61,15 @@ def test_admission_queue_and_wait_limits():
 
         waiter = threading.Thread(target=wait_for_a_slot)
         waiter.start()
-        time.sleep(0.05)
+        deadline = time.monotonic() + 0.9  # within the waiter's 1 s limit
+        while ctl.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert ctl.waiting == 1 and ctl.saturated
         with pytest.raises(OverloadedError, match="busy") as refused:  # queue full: refused at once
             ctl.slot().__enter__()
         assert refused.value.retry_after == 7
         waiter.join()
-        assert "within 0.2 s" in str(refusals[0])  # waited, then refused
+        assert "within 1 s" in str(refusals[0])  # waited, then refused
     assert (ctl.active, ctl.waiting) == (0, 0) and not ctl.saturated
     assert (1, 1) in seen and seen[-1] == (0, 0)
     with pytest.raises(ValueError, match="max_concurrent"):
