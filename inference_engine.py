@@ -31,8 +31,15 @@ from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_b
 from face_detection import s3fd as s3fd_module
 from ov_runtime import CompiledNetwork, float_precision, make_core, resolve_precision
 from util import batched, timed
-from wav2lip_model import FACE_SIZE, GENERATOR_NAMES, PendingBatch, Wav2LipGenerator, face_input
-from wav2lip_model import add_preprocessing as add_generator_preprocessing
+from wav2lip_model import (
+    FACE_SIZE,
+    GENERATOR_NAMES,
+    PendingBatch,
+    Wav2LipGenerator,
+    decoder_model,
+    face_encoder_model,
+    face_input,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +182,20 @@ class Wav2LipInferenceEngine:
         self.core: ov.Core = make_core(cache_dir)
         self.precision = resolve_precision(self.core, device, precision)
         quantized = ".int8" if self.precision == "int8" else ""
-        self._networks = {
-            DETECTOR_NAME: self._network(f"{DETECTOR_NAME}.xml", s3fd_module.add_preprocessing),
+        # Per model, the networks compiled from its IR (a generator: face encoder, decoder).
+        self._networks: dict[str, tuple[CompiledNetwork, ...]] = {
+            DETECTOR_NAME: (self._network(f"{DETECTOR_NAME}.xml", s3fd_module.add_preprocessing),),
             **{
-                name: self._network(f"{name}{quantized}.xml", add_generator_preprocessing)
+                name: (
+                    self._network(f"{name}{quantized}.xml", face_encoder_model),
+                    self._network(f"{name}{quantized}.xml", decoder_model),
+                )
                 for name in GENERATOR_NAMES
             },
         }
-        self.detector = S3FDDetector(self._networks[DETECTOR_NAME])
+        self.detector = S3FDDetector(*self._networks[DETECTOR_NAME])
         self._generators = {
-            name: Wav2LipGenerator(self._networks[name]) for name in GENERATOR_NAMES
+            name: Wav2LipGenerator(*self._networks[name]) for name in GENERATOR_NAMES
         }
 
     def _network(self, filename: str, preprocess) -> CompiledNetwork:
@@ -200,25 +211,27 @@ class Wav2LipInferenceEngine:
 
     def model_status(self) -> dict[str, dict]:
         """Per model: whether its files are present, whether it is compiled, compile time."""
-        return {
-            name: {
-                "present": net.present,
-                "compiled": net.compiled,
-                "compile_s": net.compile_seconds,
+        status = {}
+        for name, nets in self._networks.items():
+            compiled = all(net.compiled for net in nets)
+            status[name] = {
+                "present": nets[0].present,
+                "compiled": compiled,
+                "compile_s": sum(net.compile_seconds for net in nets) if compiled else None,
             }
-            for name, net in self._networks.items()
-        }
+        return status
 
     def compile(self, names: Sequence[str] | None = None) -> None:
         """Compile the given (default: all present) models now instead of on first use."""
-        for name in names or [n for n, net in self._networks.items() if net.present]:
-            self._require(name).compile()
+        for name in names or [n for n, nets in self._networks.items() if nets[0].present]:
+            for net in self._require(name):
+                net.compile()
 
-    def _require(self, name: str) -> CompiledNetwork:
-        net = self._networks[name]
-        if not net.present:
-            raise ModelNotFoundError(name, net.xml_path)
-        return net
+    def _require(self, name: str) -> tuple[CompiledNetwork, ...]:
+        nets = self._networks[name]
+        if not nets[0].present:
+            raise ModelNotFoundError(name, nets[0].xml_path)
+        return nets
 
     # -- faces -----------------------------------------------------------------------------
 
@@ -305,11 +318,10 @@ class Wav2LipInferenceEngine:
     ) -> np.ndarray:
         """Mouths for one face crop (any size, BGR) and N mel windows -> (N, 96, 96, 3) uint8."""
         crop = cv2.resize(as_frames(face_img)[0], (FACE_SIZE, FACE_SIZE))
-        faces = face_input(crop[None])
         generator = self.generator(model)
+        features = generator.encode_faces(face_input(crop[None]))
         parts = [
-            generator.infer(mels, np.broadcast_to(faces, (len(mels), *faces.shape[1:])))
-            for mels in batched(mel_chunks, self.batch_size)
+            generator.start(mels, features).wait() for mels in batched(mel_chunks, self.batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
@@ -325,9 +337,11 @@ class Wav2LipInferenceEngine:
         mel_chunks: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
-        handed to the caller, who typically encodes it: the stages overlap.
+        handed to the caller, who typically encodes it: the stages overlap. A single face
+        (an image) goes through the face encoder once; video frames once per batch.
         """
         generator = self.generator(model)
+        static = generator.encode_faces(prepared.inputs) if prepared.num_frames == 1 else None
         order = frame_order(len(mel_chunks), prepared.num_frames)
         starts = range(0, len(order), self.batch_size)
         pending: tuple[PendingBatch, np.ndarray] | None = None
@@ -337,7 +351,12 @@ class Wav2LipInferenceEngine:
                 if start is not None:
                     idx = order[start : start + self.batch_size]
                     mels = mel_chunks[start : start + len(idx)]
-                    pending = (generator.start(mels, prepared.inputs[idx]), idx)
+                    features = (
+                        static
+                        if static is not None
+                        else generator.encode_faces(prepared.inputs[idx])
+                    )
+                    pending = (generator.start(mels, features), idx)
                 else:
                     pending = None
                 if running is not None:

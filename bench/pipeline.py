@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -75,6 +76,8 @@ from wav2lip_model import (  # noqa: E402
     Wav2LipGenerator,
     add_preprocessing,
     audio_input,
+    decoder_model,
+    face_encoder_model,
     to_uint8_faces,
 )
 
@@ -429,12 +432,12 @@ def isolated_wav2lip_fps(
     windows = windows[: 8 * engine.batch_size]
     prepared = engine.prepare_face(frames, options)
     generator = engine.generator(options.model)
-    inputs = np.broadcast_to(prepared.inputs[:1], (len(windows), *prepared.inputs.shape[1:]))
     size = engine.batch_size
 
     def run() -> None:
+        features = generator.encode_faces(prepared.inputs[:1])  # once, as iter_frames does
         for i in range(0, len(windows), size):
-            generator.infer(windows[i : i + size], inputs[i : i + size])
+            generator.start(windows[i : i + size], features).wait()
 
     return fps_stats(run, len(windows), 0.0, 1)[0]
 
@@ -514,7 +517,10 @@ def micro_inputs(count: int) -> tuple[np.ndarray, np.ndarray]:
     return quantize_int8.engine_inputs(count, seed=7)
 
 
-def generator_network(core: ov.Core, cfg: dict[str, Any], config: dict | None = None):
+def generator_network(
+    core: ov.Core, cfg: dict[str, Any], preprocess=add_preprocessing, config: dict | None = None
+) -> CompiledNetwork:
+    """The generator IR of this precision; by default whole (the uncut network)."""
     precision = cfg["precision"]
     xml = int8_xml(Path(cfg["models_dir"])) if precision == "int8" else None
     return CompiledNetwork(
@@ -522,9 +528,22 @@ def generator_network(core: ov.Core, cfg: dict[str, Any], config: dict | None = 
         xml or Path(cfg["models_dir"]) / f"{MODEL}.xml",
         device="CPU",
         precision=int8_hint() if precision == "int8" else precision,
-        preprocess=add_preprocessing,
+        preprocess=preprocess,
         extra_config=config,
     )
+
+
+def split_generator(core: ov.Core, cfg: dict[str, Any]) -> Wav2LipGenerator:
+    """The generator as the engine runs it: face encoder + decoder."""
+    cuts = (face_encoder_model, decoder_model)
+    return Wav2LipGenerator(*(generator_network(core, cfg, cut) for cut in cuts))
+
+
+def whole_infer(network: CompiledNetwork, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Mouths from the uncut network: (B, 80, 16), (B, 96, 96, 6) -> (B, 96, 96, 3) uint8."""
+    with network.request() as req:
+        req.infer({AUDIO_INPUT: audio_input(mels), FACE_INPUT: faces})
+        return to_uint8_faces(req.get_output_tensor(0).data)
 
 
 def hint_variants(core: ov.Core, cfg: dict[str, Any], mels, faces) -> dict[str, Any]:
@@ -533,7 +552,7 @@ def hint_variants(core: ov.Core, cfg: dict[str, Any], mels, faces) -> dict[str, 
     out: dict[str, Any] = {}
     inputs = {AUDIO_INPUT: audio_input(mels[:HINT_BATCH]), FACE_INPUT: faces[:HINT_BATCH]}
     for hint in ("LATENCY", "THROUGHPUT"):
-        network = generator_network(core, cfg, {"PERFORMANCE_HINT": hint})
+        network = generator_network(core, cfg, config={"PERFORMANCE_HINT": hint})
         compiled = network.compile()
         jobs = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         queue = ov.AsyncInferQueue(compiled, jobs)
@@ -558,7 +577,7 @@ def hint_variants(core: ov.Core, cfg: dict[str, Any], mels, faces) -> dict[str, 
 
 def accuracy_vs_f32(core: ov.Core, cfg: dict[str, Any], generator, mels, faces) -> dict:
     """Max abs difference and PSNR of the 96x96 mouths against f32 on the same inputs."""
-    reference = Wav2LipGenerator(generator_network(core, {**cfg, "precision": "f32"}))
+    reference = split_generator(core, {**cfg, "precision": "f32"})
     ours, expected = [], []
     for start in range(0, len(mels), TORCH_BATCH):
         part = slice(start, start + TORCH_BATCH)
@@ -575,19 +594,27 @@ def accuracy_vs_f32(core: ov.Core, cfg: dict[str, Any], generator, mels, faces) 
 
 
 def micro_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Wav2Lip stage only: frames/s per batch size through Wav2LipGenerator.infer."""
+    """Wav2Lip stage only, frames/s per batch size: the engine's generator on one face
+    encoded once (an image: `fps`) and on a face per frame (a video: `fps_video`), against
+    the uncut network (`fps_whole`), measured alternately."""
     core = make_core(OV_CACHE)
-    generator = Wav2LipGenerator(generator_network(core, cfg))
-    compiled = generator.network.compile()
+    generator, whole = split_generator(core, cfg), generator_network(core, cfg)
+    compiled = generator.decoder.compile()
     mels, faces = micro_inputs(max(cfg["batches"]))
-    fps, best = {}, {}
+    features = generator.encode_faces(faces[:1])
+    variants = {
+        "fps": lambda b: generator.start(mels[:b], features).wait(),
+        "fps_video": lambda b: generator.infer(mels[:b], faces[:b]),
+        "fps_whole": lambda b: whole_infer(whole, mels[:b], faces[:b]),
+    }
+    result: dict[str, Any] = {key: {} for key in variants} | {"fps_best": {}}
     for batch in cfg["batches"]:
-        fps[str(batch)], best[str(batch)] = fps_stats(
-            lambda b=batch: generator.infer(mels[:b], faces[:b]), batch, cfg["min_time"], 3
-        )
-    result: dict[str, Any] = {
-        "fps": fps,
-        "fps_best": best,
+        for key, run in variants.items():
+            median, best = fps_stats(functools.partial(run, batch), batch, cfg["min_time"], 3)
+            result[key][str(batch)] = median
+            if key == "fps":
+                result["fps_best"][str(batch)] = best
+    result |= {
         "hint": str(compiled.get_property("PERFORMANCE_HINT")),
         "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
     }
@@ -790,11 +817,20 @@ def print_micro(micro: dict[str, Any], torch_fps: float | None, ratios: dict) ->
         return
     batches = list(next(iter(micro.values()))["fps"])
     widths = [9] + [13] * len(batches)
-    print("\nWav2Lip stage only, frames/s median/best (Wav2LipGenerator.infer, sync, 1 request):")
+    print(
+        "\nWav2Lip stage only, frames/s median/best (one face encoded once, as for an image; "
+        "sync, 1 request):"
+    )
     print(fmt_row(["precision", *[f"b{b}" for b in batches]], widths))
     for precision, result in micro.items():
         cells = [f"{result['fps'][b]:.1f}/{result['fps_best'][b]:.1f}" for b in batches]
         print(fmt_row([precision, *cells], widths))
+    print("Against the uncut network in the same run (median frames/s ratio):")
+    for precision, result in micro.items():
+        whole = result["fps_whole"]
+        image = ", ".join(f"b{b} {result['fps'][b] / whole[b]:.2f}x" for b in batches)
+        video = ", ".join(f"b{b} {result['fps_video'][b] / whole[b]:.2f}x" for b in batches)
+        print(f"  {precision}: image {image}; video (a face per frame) {video}")
     print(
         "Difference from f32 on the same inputs (96x96 uint8 mouths; untrained weights amplify it):"
     )

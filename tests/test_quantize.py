@@ -136,6 +136,26 @@ def test_int8_runs_any_batch_size_with_engine_preprocessing(quantized_dir):
 
 
 @pytest.mark.slow
+def test_int8_split_keeps_the_decoders_input_quantization(quantized_dir):
+    """The face features leave the encoder before their FakeQuantize, so the INT8 decoder
+    still quantizes them, and the two parts compute what the whole INT8 network does."""
+    from test_wav2lip_model import split_generator
+
+    from wav2lip_model import decoder_model
+
+    xml = quantized_dir / "wav2lip.int8.xml"
+    decoder = decoder_model(ov.Core().read_model(xml))
+    for feature in decoder.get_parameters()[1:]:
+        (broadcast,) = [t.get_node() for t in feature.output(0).get_target_inputs()]
+        consumers = [t.get_node().get_type_name() for t in broadcast.output(0).get_target_inputs()]
+        assert consumers == ["FakeQuantize"], feature.get_friendly_name()
+    mels, faces = quantize_int8.engine_inputs(6, seed=8)
+    whole = quantize_int8.compile_generator(ov.Core(), xml, "f32")
+    expected = quantize_int8.generate(whole, mels, faces)
+    np.testing.assert_array_equal(split_generator(xml).infer(mels, faces), expected)
+
+
+@pytest.mark.slow
 def test_manifest_records_the_int8_model(quantized_dir, untrained_models):
     manifest = json.loads((quantized_dir / "manifest.json").read_text())
     entry = manifest["int8"]["wav2lip"]
