@@ -40,6 +40,7 @@ from wav2lip_model import (
     face_encoder_model,
     face_input,
 )
+from wav2lip_model import add_preprocessing as add_generator_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ class Wav2LipInferenceEngine:
         self.core: ov.Core = make_core(cache_dir)
         self.precision = resolve_precision(self.core, device, precision)
         quantized = ".int8" if self.precision == "int8" else ""
-        # Per model, the networks compiled from its IR (a generator: face encoder, decoder).
+        # Per model, the networks `compile()` prepares (a generator: the face encoder and
+        # decoder an image needs; its whole network, for videos, compiles on first use).
         self._networks: dict[str, tuple[CompiledNetwork, ...]] = {
             DETECTOR_NAME: (self._network(f"{DETECTOR_NAME}.xml", s3fd_module.add_preprocessing),),
             **{
@@ -195,7 +197,11 @@ class Wav2LipInferenceEngine:
         }
         self.detector = S3FDDetector(*self._networks[DETECTOR_NAME])
         self._generators = {
-            name: Wav2LipGenerator(*self._networks[name]) for name in GENERATOR_NAMES
+            name: Wav2LipGenerator(
+                self._network(f"{name}{quantized}.xml", add_generator_preprocessing),
+                *self._networks[name],
+            )
+            for name in GENERATOR_NAMES
         }
 
     def _network(self, filename: str, preprocess) -> CompiledNetwork:
@@ -319,9 +325,10 @@ class Wav2LipInferenceEngine:
         """Mouths for one face crop (any size, BGR) and N mel windows -> (N, 96, 96, 3) uint8."""
         crop = cv2.resize(as_frames(face_img)[0], (FACE_SIZE, FACE_SIZE))
         generator = self.generator(model)
-        features = generator.encode_faces(face_input(crop[None]))
+        features = generator.encode_face(face_input(crop[None]))
         parts = [
-            generator.start(mels, features).wait() for mels in batched(mel_chunks, self.batch_size)
+            generator.start_with_face(mels, features).wait()
+            for mels in batched(mel_chunks, self.batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
@@ -337,26 +344,30 @@ class Wav2LipInferenceEngine:
         mel_chunks: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
-        handed to the caller, who typically encodes it: the stages overlap. A single face
-        (an image) goes through the face encoder once; video frames once per batch.
+        handed to the caller, who typically encodes it: the stages overlap. An image's face
+        goes through the face encoder once ("infer" in `timings`), video frames through
+        the whole network.
         """
         generator = self.generator(model)
-        static = generator.encode_faces(prepared.inputs) if prepared.num_frames == 1 else None
+        if prepared.num_frames == 1:
+            with timed(timings, "infer"):
+                features = generator.encode_face(prepared.inputs)
+
+            def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
+                return generator.start_with_face(mels, features)
+        else:
+
+            def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
+                return generator.start(mels, prepared.inputs[idx])
+
         order = frame_order(len(mel_chunks), prepared.num_frames)
-        starts = range(0, len(order), self.batch_size)
         pending: tuple[PendingBatch, np.ndarray] | None = None
         try:
-            for start in [*starts, None]:
+            for first in [*range(0, len(order), self.batch_size), None]:
                 running = pending
-                if start is not None:
-                    idx = order[start : start + self.batch_size]
-                    mels = mel_chunks[start : start + len(idx)]
-                    features = (
-                        static
-                        if static is not None
-                        else generator.encode_faces(prepared.inputs[idx])
-                    )
-                    pending = (generator.start(mels, features), idx)
+                if first is not None:
+                    idx = order[first : first + self.batch_size]
+                    pending = (start(mel_chunks[first : first + len(idx)], idx), idx)
                 else:
                     pending = None
                 if running is not None:

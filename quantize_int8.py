@@ -306,7 +306,7 @@ def compile_generator(
 
 
 def generate(compiled: ov.CompiledModel, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(B, 96, 96, 3) uint8 mouths, exactly as Wav2LipGenerator.infer computes them."""
+    """(B, 96, 96, 3) uint8 mouths, exactly as Wav2LipGenerator.start computes them."""
     result = compiled({AUDIO_INPUT: audio_input(mels), FACE_INPUT: faces})
     return to_uint8_faces(result[OUTPUT])
 

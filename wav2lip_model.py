@@ -1,9 +1,9 @@
 """The Wav2Lip generator compiled with OpenVINO, and its input/output conventions.
 
-The generator is compiled in two parts cut from one IR at load time: the face encoder
-(face input -> the skip features the decoder concatenates) and the rest (audio encoder and
-decoder, which take those features). A face that is the same in every frame, as in an image
-avatar, is encoded once per request instead of once per frame: ~8 % of the FLOPs.
+One IR is compiled two ways. Whole, for a face that changes every frame (a video); and cut
+in two at load time, for a face shared by every frame (an image): the face encoder (face
+input -> the skip features the decoder concatenates) runs once per request, then each
+batch needs only the rest (audio encoder and decoder), ~8 % fewer FLOPs per frame.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def face_feature_outputs(model: ov.Model) -> list[ov.Output]:
     inputs_of: dict[str, frozenset[str]] = {}  # node -> the model inputs it depends on
     for node in model.get_ordered_ops():
         if node.get_type_name() == "Parameter":
-            inputs_of[node.get_name()] = frozenset(node.output(0).get_names())
+            is_face = FACE_INPUT in node.output(0).get_names()
+            inputs_of[node.get_name()] = frozenset({FACE_INPUT if is_face else node.get_name()})
         else:
             sources = (i.get_source_output().get_node().get_name() for i in node.inputs())
             inputs_of[node.get_name()] = frozenset().union(*(inputs_of[n] for n in sources))
@@ -80,7 +81,7 @@ def face_feature_outputs(model: ov.Model) -> list[ov.Output]:
 
 def face_encoder_model(model: ov.Model) -> ov.Model:
     """Cut the face encoder from a generator: uint8 NHWC faces (see `add_preprocessing`)
-    -> FEATURES.i, each (F, C, H, W) float32."""
+    -> FEATURES.i, each (N, C, H, W) float32."""
     results = []
     for i, output in enumerate(face_feature_outputs(model)):
         result = ops.result(output)
@@ -90,8 +91,8 @@ def face_encoder_model(model: ov.Model) -> ov.Model:
 
 
 def decoder_model(model: ov.Model) -> ov.Model:
-    """The generator with its face encoder replaced by inputs FEATURES.i, each (F, C, H, W)
-    float32 where F is 1 (broadcast to every mel window) or the batch size."""
+    """The generator with its face encoder replaced by inputs FEATURES.i, each (1, C, H, W)
+    float32: one face's features, broadcast to every mel window of the batch."""
     audio = _parameter(model, AUDIO_INPUT)
     batch = ops.gather(ops.shape_of(audio), ops.constant(np.array([0])), ops.constant(0))
     features = []
@@ -100,7 +101,7 @@ def decoder_model(model: ov.Model) -> ov.Model:
         if not shape[1:].is_static:
             raise ValueError(f"face feature {i} has a dynamic shape {shape}")
         chw = [dim.get_length() for dim in shape[1:]]
-        feature = ops.parameter([-1, *chw], output.get_element_type(), name=f"{FEATURES}.{i}")
+        feature = ops.parameter([1, *chw], output.get_element_type(), name=f"{FEATURES}.{i}")
         feature.output(0).set_names({f"{FEATURES}.{i}"})
         per_window = ops.broadcast(feature, ops.concat([batch, ops.constant(np.array(chw))], 0))
         for target in list(output.get_target_inputs()):
@@ -150,43 +151,59 @@ class PendingBatch:
 
 
 class Wav2LipGenerator:
-    """One Wav2Lip generator (plain or GAN weights): its face encoder and its decoder."""
+    """One Wav2Lip generator (plain or GAN weights): its whole network, for a face per
+    frame, and its face encoder and decoder, for one face shared by every frame."""
 
-    def __init__(self, encoder: CompiledNetwork, decoder: CompiledNetwork) -> None:
+    def __init__(
+        self, whole: CompiledNetwork, encoder: CompiledNetwork, decoder: CompiledNetwork
+    ) -> None:
+        self.whole = whole
         self.encoder = encoder
         self.decoder = decoder
 
-    def encode_faces(self, faces: np.ndarray) -> FaceFeatures:
-        """faces: (F, 96, 96, 6) uint8 from `face_input` -> {FEATURES.i: (F, C, H, W) float32}.
+    def start(self, mel_chunks: np.ndarray, faces: np.ndarray) -> PendingBatch:
+        """Start a batch with a face per mel window, without waiting for it.
 
-        F = 1 encodes a face shared by every frame, once.
+        mel_chunks: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`.
         """
+        if len(mel_chunks) != len(faces):
+            raise ValueError(f"{len(mel_chunks)} mel windows for {len(faces)} faces")
+        inputs = {AUDIO_INPUT: audio_input(mel_chunks), FACE_INPUT: np.ascontiguousarray(faces)}
+        return self._start(self.whole, inputs)
+
+    def encode_face(self, face: np.ndarray) -> FaceFeatures:
+        """face: (1, 96, 96, 6) uint8 from `face_input` -> {FEATURES.i: (1, C, H, W) float32}."""
+        if len(face) != 1:
+            raise ValueError(f"encode_face takes one face, got {len(face)}")
         with self.encoder.request() as req:
-            req.infer({FACE_INPUT: np.ascontiguousarray(faces)})
+            req.infer({FACE_INPUT: np.ascontiguousarray(face)})
             return {
                 out.get_any_name(): req.get_tensor(out).data.copy() for out in req.model_outputs
             }
 
-    def start(self, mel_chunks: np.ndarray, features: FaceFeatures) -> PendingBatch:
-        """Start a batch without waiting for it.
+    def start_with_face(self, mel_chunks: np.ndarray, features: FaceFeatures) -> PendingBatch:
+        """Start a batch whose every mel window shows the face of `encode_face`.
 
-        mel_chunks: (B, 80, 16) float32; features: from `encode_faces` of 1 face or B faces.
+        mel_chunks: (B, 80, 16) float32.
         """
-        faces = len(next(iter(features.values())))
-        if faces not in (1, len(mel_chunks)):
-            raise ValueError(f"{len(mel_chunks)} mel windows for {faces} faces")
-        req = self.decoder.acquire()
+        return self._start(self.decoder, {AUDIO_INPUT: audio_input(mel_chunks), **features})
+
+    @staticmethod
+    def _start(network: CompiledNetwork, inputs: dict[str, np.ndarray]) -> PendingBatch:
+        req = network.acquire()
         try:
-            req.start_async({AUDIO_INPUT: audio_input(mel_chunks), **features})
+            req.start_async(inputs)
         except BaseException:
-            self.decoder.release(req)
+            network.release(req)
             raise
-        return PendingBatch(self.decoder, req)
+        return PendingBatch(network, req)
 
     def infer(self, mel_chunks: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Generate mouths for a batch and wait.
 
-        mel_chunks: (B, 80, 16) float32; faces: (1 or B, 96, 96, 6) uint8 from `face_input`.
-        -> (B, 96, 96, 3) uint8 BGR.
+        mel_chunks: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`, or
+        (1, 96, 96, 6) for one face shown in every window. -> (B, 96, 96, 3) uint8 BGR.
         """
-        return self.start(mel_chunks, self.encode_faces(faces)).wait()
+        if len(faces) == 1:
+            return self.start_with_face(mel_chunks, self.encode_face(faces)).wait()
+        return self.start(mel_chunks, faces).wait()

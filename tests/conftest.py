@@ -115,6 +115,27 @@ class LiveServer(LocalServer):
         return requests.post(self.url + path, timeout=300, **kwargs)
 
 
+def generator_from(xml: Path, precision: str = "f32"):
+    """A Wav2LipGenerator (whole network, face encoder, decoder) compiled from one IR."""
+    import openvino as ov
+
+    from ov_runtime import CompiledNetwork
+    from wav2lip_model import (
+        Wav2LipGenerator,
+        add_preprocessing,
+        decoder_model,
+        face_encoder_model,
+    )
+
+    core = ov.Core()
+    return Wav2LipGenerator(
+        *(
+            CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=make)
+            for make in (add_preprocessing, face_encoder_model, decoder_model)
+        )
+    )
+
+
 def start_server(models_dir: Path, work_dir: Path, **env: str) -> LiveServer:
     server = local_server.start_server(models_dir, work_dir, **env)
     return LiveServer(server.url, server.process, server.tmpdir, server.log_path)

@@ -83,8 +83,8 @@ def test_pipeline_row_has_stages_fps_rtf_and_peak_rss(quick_run, precision):
 def test_microbenchmark_and_no_torch_baseline(quick_run, precision):
     stdout, report = quick_run
     micro = report["micro"][precision]
-    assert all(micro[key]["16"] > 0 for key in ("fps", "fps_video", "fps_whole"))
-    assert "Against the uncut network" in stdout
+    assert micro["fps"]["16"] > 0 and micro["fps_whole"]["16"] > 0
+    assert "against the whole network" in stdout
     assert "torch_baseline" not in report
     assert "Pipeline" in stdout and "frames/s" in stdout
     accuracy = report["micro"][precision]["vs_f32"]

@@ -109,6 +109,31 @@ def test_video_longer_speech_plays_back_and_forth(engine):
         assert diff.max() <= 1  # batch 8 vs batch 1 kernels may round differently
 
 
+def test_an_image_is_encoded_once_and_a_video_runs_the_whole_network(untrained_models, monkeypatch):
+    engine = Wav2LipInferenceEngine(untrained_models, precision="f32", batch_size=8)
+    engine.compile(["wav2lip"])  # what a worker compiles before its first request
+    generator = engine.generator("wav2lip")
+    assert generator.encoder.compiled and generator.decoder.compiled
+    encode, encoded = generator.encode_face, []
+
+    def counting_encode(face):
+        encoded.append(len(face))
+        return encode(face)
+
+    monkeypatch.setattr(generator, "encode_face", counting_encode)
+    frames = np.stack([np.full((64, 64, 3), 60 * i, np.uint8) for i in range(3)])
+    mels = np.zeros((2 * engine.batch_size + 3, audio.N_MELS, audio.MEL_WINDOW), np.float32)
+    options = RenderOptions(box=(0, 64, 0, 64))
+    timings = {}
+    image = list(engine.iter_frames(engine.prepare_face(frames[0], options), mels, timings=timings))
+    assert encoded == [1] and timings["infer"] > 0
+    assert [len(batch) for batch in image] == [engine.batch_size, engine.batch_size, 3]
+    assert not generator.whole.compiled  # compiled on first use, by a video
+    video = list(engine.iter_frames(engine.prepare_face(frames, options), mels))
+    assert encoded == [1] and generator.whole.compiled
+    assert sum(map(len, video)) == len(mels)
+
+
 def test_generate_lip_sync_and_mel_chunks(engine, face_image, speech):
     top, bottom, left, right = FACE_BOX
     mels = engine.audio_to_mel_chunks(speech, fps=25)

@@ -6,14 +6,13 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
+from conftest import generator_from
 
 import quantize_int8
-from ov_runtime import CompiledNetwork
 from wav2lip_model import (
     AUDIO_INPUT,
     FACE_INPUT,
     FEATURES,
-    Wav2LipGenerator,
     decoder_model,
     face_encoder_model,
     face_feature_outputs,
@@ -24,24 +23,14 @@ from wav2lip_model import (
 SKIP_FEATURES = [(16, 96), (32, 48), (64, 24), (128, 12), (256, 6), (512, 3), (512, 1)]
 
 
-def split_generator(xml, precision: str = "f32") -> Wav2LipGenerator:
-    core = ov.Core()
-    return Wav2LipGenerator(
-        *(
-            CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=cut)
-            for cut in (face_encoder_model, decoder_model)
-        )
-    )
-
-
 @pytest.fixture(scope="module")
 def generator_xml(untrained_models):
     return untrained_models / "wav2lip.xml"
 
 
 @pytest.fixture(scope="module")
-def split(generator_xml):
-    return split_generator(generator_xml)
+def generator(generator_xml):
+    return generator_from(generator_xml)
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +53,32 @@ def test_the_cut_is_the_face_encoders_seven_skip_features(generator_xml):
     assert all(FACE_INPUT not in p.output(0).get_names() for p in decoder.get_parameters())
 
 
-def test_split_equals_the_whole_network_per_frame_faces(split, whole):
+def test_a_face_per_window_runs_the_whole_network(generator, whole):
     mels, faces = quantize_int8.engine_inputs(5, seed=4)
     expected = quantize_int8.generate(whole, mels, faces)
-    np.testing.assert_array_equal(split.infer(mels, faces), expected)
+    np.testing.assert_array_equal(generator.infer(mels, faces), expected)
+    np.testing.assert_array_equal(generator.start(mels, faces).wait(), expected)
 
 
-def test_one_face_is_encoded_once_for_every_window(split, whole):
+def test_one_face_is_encoded_once_for_every_window(generator, whole):
     mels, faces = quantize_int8.engine_inputs(6, seed=5)
-    features = split.encode_faces(faces[:1])
+    features = generator.encode_face(faces[:1])
     assert [f.shape for f in features.values()] == [(1, c, s, s) for c, s in SKIP_FEATURES]
     assert all(f.dtype == np.float32 for f in features.values())
     expected = quantize_int8.generate(whole, mels, np.repeat(faces[:1], 6, axis=0))
-    np.testing.assert_array_equal(split.start(mels, features).wait(), expected)
-    np.testing.assert_array_equal(split.infer(mels, faces[:1]), expected)
+    np.testing.assert_array_equal(generator.start_with_face(mels, features).wait(), expected)
+    np.testing.assert_array_equal(generator.infer(mels, faces[:1]), expected)
+    np.testing.assert_array_equal(
+        generator.start_with_face(mels[:2], features).wait(), expected[:2]
+    )
 
 
-def test_face_and_window_counts_must_agree(split):
+def test_face_and_window_counts_must_agree(generator):
     mels, faces = quantize_int8.engine_inputs(3, seed=6)
     with pytest.raises(ValueError, match="3 mel windows for 2 faces"):
-        split.infer(mels, faces[:2])
+        generator.infer(mels, faces[:2])
+    with pytest.raises(ValueError, match="one face, got 2"):
+        generator.encode_face(faces[:2])
 
 
 def test_a_network_without_a_face_encoder_is_refused():
