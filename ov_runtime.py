@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import queue
 import threading
@@ -53,6 +54,26 @@ def make_core(cache_dir: str | Path | None = None) -> ov.Core:
     return core
 
 
+@contextlib.contextmanager
+def cache_lock(core: ov.Core) -> Iterator[None]:
+    """Hold an exclusive lock on the core's model cache directory, if it has one.
+
+    Processes sharing the cache must not compile at once: two gunicorn workers writing
+    the same blob failed with "cannot set permissions: No such file or directory". Under
+    the lock the first process compiles and writes the blob; the others then load it.
+    """
+    cache_dir = core.get_property("CACHE_DIR")
+    if not cache_dir:
+        yield
+        return
+    with open(Path(cache_dir) / ".compile.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class CompiledNetwork:
     """A network compiled on first use (once, thread-safely) with a pool of infer requests.
 
@@ -101,7 +122,8 @@ class CompiledNetwork:
                 model = self.core.read_model(self.xml_path)
                 if self._preprocess is not None:
                     model = self._preprocess(model)
-                compiled = self.core.compile_model(model, self.device, self._config)
+                with cache_lock(self.core):
+                    compiled = self.core.compile_model(model, self.device, self._config)
                 # Time first: a reader that sees the network compiled also sees its time.
                 self.compile_seconds = time.perf_counter() - start
                 self._compiled = compiled
