@@ -16,6 +16,7 @@ batch is generated and never hold a whole long clip in memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, MutableMapping, Sequence
@@ -36,11 +37,8 @@ from wav2lip_model import (
     GENERATOR_NAMES,
     PendingBatch,
     Wav2LipGenerator,
-    decoder_model,
-    face_encoder_model,
     face_input,
 )
-from wav2lip_model import add_preprocessing as add_generator_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -183,26 +181,19 @@ class Wav2LipInferenceEngine:
         self.core: ov.Core = make_core(cache_dir)
         self.precision = resolve_precision(self.core, device, precision)
         quantized = ".int8" if self.precision == "int8" else ""
+        self._generators = {
+            name: Wav2LipGenerator.from_ir(
+                functools.partial(self._network, f"{name}{quantized}.xml")
+            )
+            for name in GENERATOR_NAMES
+        }
         # Per model, the networks `compile()` prepares (a generator: the face encoder and
         # decoder an image needs; its whole network, for videos, compiles on first use).
         self._networks: dict[str, tuple[CompiledNetwork, ...]] = {
             DETECTOR_NAME: (self._network(f"{DETECTOR_NAME}.xml", s3fd_module.add_preprocessing),),
-            **{
-                name: (
-                    self._network(f"{name}{quantized}.xml", face_encoder_model),
-                    self._network(f"{name}{quantized}.xml", decoder_model),
-                )
-                for name in GENERATOR_NAMES
-            },
+            **{name: (g.encoder, g.decoder) for name, g in self._generators.items()},
         }
         self.detector = S3FDDetector(*self._networks[DETECTOR_NAME])
-        self._generators = {
-            name: Wav2LipGenerator(
-                self._network(f"{name}{quantized}.xml", add_generator_preprocessing),
-                *self._networks[name],
-            )
-            for name in GENERATOR_NAMES
-        }
 
     def _network(self, filename: str, preprocess) -> CompiledNetwork:
         return CompiledNetwork(

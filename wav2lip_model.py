@@ -8,6 +8,8 @@ batch needs only the rest (audio encoder and decoder), ~8 % fewer FLOPs per fram
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
@@ -26,6 +28,7 @@ GENERATOR_NAMES = ("wav2lip", "wav2lip_gan")
 FEATURES = "face_features"
 
 FaceFeatures = dict[str, np.ndarray]
+Preprocess = Callable[[ov.Model], ov.Model]
 
 
 def add_preprocessing(model: ov.Model) -> ov.Model:
@@ -160,6 +163,12 @@ class Wav2LipGenerator:
         self.whole = whole
         self.encoder = encoder
         self.decoder = decoder
+
+    @classmethod
+    def from_ir(cls, network: Callable[[Preprocess], CompiledNetwork]) -> Wav2LipGenerator:
+        """The three networks of one generator IR; `network(preprocess)` compiles-on-use the
+        IR after `preprocess` (whole: `add_preprocessing`, or one of the two cuts)."""
+        return cls(network(add_preprocessing), network(face_encoder_model), network(decoder_model))
 
     def start(self, mel_chunks: np.ndarray, faces: np.ndarray) -> PendingBatch:
         """Start a batch with a face per mel window, without waiting for it.

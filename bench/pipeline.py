@@ -76,8 +76,6 @@ from wav2lip_model import (  # noqa: E402
     Wav2LipGenerator,
     add_preprocessing,
     audio_input,
-    decoder_model,
-    face_encoder_model,
     to_uint8_faces,
 )
 
@@ -535,8 +533,7 @@ def generator_network(
 
 def bench_generator(core: ov.Core, cfg: dict[str, Any]) -> Wav2LipGenerator:
     """The generator as the engine builds it: whole network, face encoder, decoder."""
-    makers = (add_preprocessing, face_encoder_model, decoder_model)
-    return Wav2LipGenerator(*(generator_network(core, cfg, make) for make in makers))
+    return Wav2LipGenerator.from_ir(functools.partial(generator_network, core, cfg))
 
 
 def hint_variants(core: ov.Core, cfg: dict[str, Any], mels, faces) -> dict[str, Any]:

@@ -120,19 +120,11 @@ def generator_from(xml: Path, precision: str = "f32"):
     import openvino as ov
 
     from ov_runtime import CompiledNetwork
-    from wav2lip_model import (
-        Wav2LipGenerator,
-        add_preprocessing,
-        decoder_model,
-        face_encoder_model,
-    )
+    from wav2lip_model import Wav2LipGenerator
 
     core = ov.Core()
-    return Wav2LipGenerator(
-        *(
-            CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=make)
-            for make in (add_preprocessing, face_encoder_model, decoder_model)
-        )
+    return Wav2LipGenerator.from_ir(
+        lambda make: CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=make)
     )
 
 
