@@ -120,6 +120,7 @@ COPY --from=convert /build/models/ ./models/
 # convert stage).
 COPY *.py ./
 COPY face_detection/ ./face_detection/
+COPY lipsync/ ./lipsync/
 
 # Everything the service writes goes under /var/cache/lipsync (mount a volume there to keep the
 # compiled-model cache and the registered avatars across container restarts).
@@ -136,4 +137,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # gunicorn stops gracefully on SIGTERM (graceful_timeout in gunicorn.conf.py): give
 # `docker stop` at least that long, e.g. `docker stop -t 70`.
 STOPSIGNAL SIGTERM
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+CMD ["gunicorn", "-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app"]

@@ -20,18 +20,18 @@ import openvino as ov
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-import generation
-import observability as obs
-import openapi
-import video_io
-from admission import AdmissionController, Deadline, OverloadedError
-from avatars import Avatar, AvatarStore, check_avatar_id
-from config import FORMATS, Settings
-from errors import InvalidFieldError, ServiceError
 from face_detection import FaceNotDetectedError
 from inference_engine import DETECTOR_NAME, ModelNotFoundError, Wav2LipInferenceEngine
-from request_fields import face_media, parse_options, read_fields, response_mode
-from wav2lip_model import GENERATOR_NAMES
+from lipsync import generation
+from lipsync.avatars import Avatar, AvatarStore, check_avatar_id
+from lipsync.errors import InvalidFieldError, ServiceError
+from lipsync.media import video_io
+from lipsync.options import GENERATOR_NAMES
+from lipsync.server import observability as obs
+from lipsync.server import openapi
+from lipsync.server.admission import AdmissionController, Deadline, OverloadedError
+from lipsync.server.request_fields import face_media, parse_options, read_fields, response_mode
+from lipsync.settings import FORMATS, Settings
 
 logger = logging.getLogger(__name__)
 

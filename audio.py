@@ -296,7 +296,7 @@ def _count_full_windows(num_columns: int, step: float) -> int:
     return int(np.searchsorted(starts, last_start, side="right"))
 
 
-def mel_chunks(mel: np.ndarray, fps: float, num_frames: int | None = None) -> np.ndarray:
+def mel_windows(mel: np.ndarray, fps: float, num_frames: int | None = None) -> np.ndarray:
     """Cut the mel spectrogram into one MEL_WINDOW-column window per video frame.
 
     Window i starts at mel column ``int(i * MEL_FRAMES_PER_SECOND / fps)``.
@@ -317,7 +317,7 @@ def mel_chunks(mel: np.ndarray, fps: float, num_frames: int | None = None) -> np
 
 
 class MelWindows:
-    """The windows of `mel_chunks` (same arguments), cut when asked for.
+    """The windows of `mel_windows` (same arguments), cut when asked for.
 
     ``len(windows)`` is the window count; ``windows[a:b]`` -> (b - a, N_MELS, MEL_WINDOW)
     float32, C-contiguous. Only the spectrogram is held (at 25 fps a fifth of the size of

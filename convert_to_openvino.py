@@ -46,9 +46,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lipsync.util import configure_logging, sha256_file
 from networks import S3FD, Wav2Lip
 from networks.s3fd import HEAD_SOURCES, STRIDES, head_name
-from util import configure_logging, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,24 +29,20 @@ import openvino as ov
 import audio
 from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
 from face_detection import s3fd as s3fd_module
-from ov_runtime import CompiledNetwork, float_precision, make_core, resolve_precision
-from util import batched, timed
-from wav2lip_model import (
+from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
+from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
+from lipsync.runtime.wav2lip import (
     FACE_SIZE,
-    GENERATOR_NAMES,
     PendingBatch,
     Wav2LipGenerator,
     face_input,
 )
+from lipsync.util import batched, timed
 
 logger = logging.getLogger(__name__)
 
 DETECTOR_NAME = "face_detection"
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_PADS = (0, 10, 0, 0)
-MAX_FPS = 60.0
-
-Box = tuple[int, int, int, int]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -56,36 +51,6 @@ class ModelNotFoundError(FileNotFoundError):
     def __init__(self, name: str, path: Path) -> None:
         super().__init__(f"model {name!r} is not installed (expected {path})")
         self.name = name
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How to turn a face and speech into frames. Validated here, once."""
-
-    fps: float = 25.0
-    pads: tuple[int, int, int, int] = DEFAULT_PADS
-    box: Box | None = None
-    smooth: bool = True
-    model: str = "wav2lip"
-    # A video frame without a face: error (default) or take the nearest frame's detection.
-    fill_missing_faces: bool = False
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.fps, int | float) and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be a number, got {self.fps!r}")
-        if not 1.0 <= self.fps <= MAX_FPS:
-            raise ValueError(f"fps must be between 1 and {MAX_FPS:g}, got {self.fps!r}")
-        if len(self.pads) != 4 or any(
-            not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in self.pads
-        ):
-            raise ValueError(f"pads must be 4 non-negative integers, got {self.pads!r}")
-        if self.box is not None and (
-            len(self.box) != 4
-            or any(not isinstance(v, int) or isinstance(v, bool) for v in self.box)
-        ):
-            raise ValueError(f"box must be 4 integers (top, bottom, left, right), got {self.box!r}")
-        if self.model not in GENERATOR_NAMES:
-            raise ValueError(f"model must be one of {GENERATOR_NAMES}, got {self.model!r}")
 
 
 @dataclass(frozen=True)
@@ -232,11 +197,11 @@ class Wav2LipInferenceEngine:
 
     # -- faces -----------------------------------------------------------------------------
 
-    def detect_face(self, img: np.ndarray) -> Box:
+    def detect_face(self, img: np.ndarray) -> Rect:
         """Top S3FD detection of a BGR image as integer `(x1, y1, x2, y2)`."""
         return self.detect_faces(as_frames(img))[0]
 
-    def detect_faces(self, frames: np.ndarray, fill_missing: bool = False) -> list[Box]:
+    def detect_faces(self, frames: np.ndarray, fill_missing: bool = False) -> list[Rect]:
         """Top detection per frame.
 
         A frame without a face raises FaceNotDetectedError naming it, or with `fill_missing`
@@ -273,12 +238,13 @@ class Wav2LipInferenceEngine:
     def prepare_face(
         self,
         face: np.ndarray | Sequence[np.ndarray],
-        options: RenderOptions = RenderOptions(),
+        options: RenderOptions | None = None,
         *,
         max_frames: int | None = None,
         timings: MutableMapping[str, float] | None = None,
     ) -> PreparedFace:
         """Boxes and crops for an image or the first `max_frames` frames of a video."""
+        options = options or RenderOptions()
         frames = as_frames(face)[:max_frames]
         with timed(timings, "detect"):
             if options.box is not None:
@@ -293,14 +259,14 @@ class Wav2LipInferenceEngine:
 
     # -- audio -----------------------------------------------------------------------------
 
-    def audio_to_mel_chunks(
+    def audio_to_mel_windows(
         self,
         speech: np.ndarray | str | Path | bytes,
         fps: float = 25.0,
         num_frames: int | None = None,
     ) -> np.ndarray:
         """Speech (path, bytes or 16 kHz float array) -> (N, 80, 16) float32 mel windows."""
-        return audio.mel_chunks(audio.melspectrogram(audio.load_audio(speech)), fps, num_frames)
+        return audio.mel_windows(audio.melspectrogram(audio.load_audio(speech)), fps, num_frames)
 
     # -- lip-sync --------------------------------------------------------------------------
 
@@ -311,7 +277,7 @@ class Wav2LipInferenceEngine:
         return self._generators[model]
 
     def generate_lip_sync(
-        self, face_img: np.ndarray, mel_chunks: np.ndarray, model: str = "wav2lip"
+        self, face_img: np.ndarray, mel_windows: np.ndarray, model: str = "wav2lip"
     ) -> np.ndarray:
         """Mouths for one face crop (any size, BGR) and N mel windows -> (N, 96, 96, 3) uint8."""
         crop = cv2.resize(as_frames(face_img)[0], (FACE_SIZE, FACE_SIZE))
@@ -319,20 +285,20 @@ class Wav2LipInferenceEngine:
         features = generator.encode_face(face_input(crop[None]))
         parts = [
             generator.start_with_face(mels, features).wait()
-            for mels in batched(mel_chunks, self.batch_size)
+            for mels in batched(mel_windows, self.batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
     def iter_frames(
         self,
         prepared: PreparedFace,
-        mel_chunks: np.ndarray | audio.MelWindows,
+        mel_windows: np.ndarray | audio.MelWindows,
         model: str = "wav2lip",
         timings: MutableMapping[str, float] | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size.
 
-        mel_chunks: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
+        mel_windows: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
@@ -351,14 +317,14 @@ class Wav2LipInferenceEngine:
             def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
                 return generator.start(mels, prepared.inputs[idx])
 
-        order = frame_order(len(mel_chunks), prepared.num_frames)
+        order = frame_order(len(mel_windows), prepared.num_frames)
         pending: tuple[PendingBatch, np.ndarray] | None = None
         try:
             for first in [*range(0, len(order), self.batch_size), None]:
                 running = pending
                 if first is not None:
                     idx = order[first : first + self.batch_size]
-                    pending = (start(mel_chunks[first : first + len(idx)], idx), idx)
+                    pending = (start(mel_windows[first : first + len(idx)], idx), idx)
                 else:
                     pending = None
                 if running is not None:
@@ -387,7 +353,7 @@ class Wav2LipInferenceEngine:
         *,
         fps: float = 25.0,
         pads: tuple[int, int, int, int] = DEFAULT_PADS,
-        box: Box | None = None,
+        box: FaceBox | None = None,
         smooth: bool = True,
         model: str = "wav2lip",
         num_frames: int | None = None,
@@ -401,6 +367,6 @@ class Wav2LipInferenceEngine:
         options = RenderOptions(
             fps=fps, pads=tuple(pads), box=box and tuple(box), smooth=smooth, model=model
         )
-        mel_chunks = self.audio_to_mel_chunks(speech, options.fps, num_frames)
-        prepared = self.prepare_face(face, options, max_frames=len(mel_chunks))
-        return np.concatenate(list(self.iter_frames(prepared, mel_chunks, options.model)))
+        mel_windows = self.audio_to_mel_windows(speech, options.fps, num_frames)
+        prepared = self.prepare_face(face, options, max_frames=len(mel_windows))
+        return np.concatenate(list(self.iter_frames(prepared, mel_windows, options.model)))

@@ -27,8 +27,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import local_server  # noqa: E402
 from bench.load import models_dir, speech_wav  # noqa: E402
+from tools import local_server  # noqa: E402
 
 
 def jpeg(size: tuple[int, int], variant: int) -> bytes:

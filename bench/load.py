@@ -31,7 +31,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import local_server  # noqa: E402
+from tools import local_server  # noqa: E402
 
 FACE_BOX = [50, 180, 165, 280]  # test_assets/face.jpg
 MAX_REQUESTS_PER_CLIENT = 1000

@@ -62,15 +62,13 @@ import numpy as np  # noqa: E402
 import openvino as ov  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-import generation  # noqa: E402
-import quantize_int8  # noqa: E402
-import video_io  # noqa: E402
-from config import Settings  # noqa: E402
 from face_detection import FaceNotDetectedError  # noqa: E402
-from inference_engine import DETECTOR_NAME, RenderOptions, Wav2LipInferenceEngine  # noqa: E402
-from ov_runtime import PRECISIONS, CompiledNetwork, cpu_supports_bf16, make_core  # noqa: E402
-from util import timed  # noqa: E402
-from wav2lip_model import (  # noqa: E402
+from inference_engine import DETECTOR_NAME, Wav2LipInferenceEngine  # noqa: E402
+from lipsync import generation  # noqa: E402
+from lipsync.media import video_io  # noqa: E402
+from lipsync.options import RenderOptions  # noqa: E402
+from lipsync.runtime.core import PRECISIONS, CompiledNetwork, cpu_supports_bf16, make_core  # noqa: E402
+from lipsync.runtime.wav2lip import (  # noqa: E402
     AUDIO_INPUT,
     FACE_INPUT,
     Wav2LipGenerator,
@@ -78,6 +76,9 @@ from wav2lip_model import (  # noqa: E402
     audio_input,
     to_uint8_faces,
 )
+from lipsync.settings import Settings  # noqa: E402
+from lipsync.util import timed  # noqa: E402
+from tools import quantize_int8  # noqa: E402
 
 BENCH_MODELS = ROOT / ".cache" / "bench-models"
 OV_CACHE = ROOT / ".cache" / "bench-openvino"
@@ -248,7 +249,7 @@ def ensure_int8(models_dir: Path) -> str | None:
             f"{int8_xml(models_dir).name} missing: run quantize_int8.py --models-dir {models_dir}"
         )
     print("quantizing the bench models to INT8 (quantize_int8.py) ...", flush=True)
-    cmd = [sys.executable, str(ROOT / "quantize_int8.py"), "--models-dir", str(models_dir)]
+    cmd = [sys.executable, "-m", "tools.quantize_int8", "--models-dir", str(models_dir)]
     cmd += ["--models", MODEL]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -413,7 +414,7 @@ def time_no_encode(
     """Seconds for what the PyTorch reference times: mel + face preparation + every frame
     generated and pasted (consumed, not encoded)."""
     start = time.perf_counter()
-    windows = generation.speech_windows(speech, options.fps)
+    windows = generation.speech_mel_windows(speech, options.fps)
     prepared = engine.prepare_face(frames, options)
     for _ in engine.iter_frames(prepared, windows, options.model):
         pass
@@ -426,7 +427,7 @@ def isolated_wav2lip_fps(
     """Frames/s of Wav2Lip alone (sync batches of the engine's size, up to 8 batches) on
     this configuration's own inputs; in the pipeline its compute overlaps paste + encode."""
     speech = generation.decode_speech(wav, Settings.load(environ={}))
-    windows = generation.speech_windows(speech, options.fps)
+    windows = generation.speech_mel_windows(speech, options.fps)
     windows = windows[: 8 * engine.batch_size]
     prepared = engine.prepare_face(frames, options)
     generator = engine.generator(options.model)

@@ -15,8 +15,8 @@ from face_detection.boxes import (
     decode_detections,
     faces_from_detections,
 )
-from ov_runtime import CompiledNetwork
-from util import batched
+from lipsync.runtime.core import CompiledNetwork
+from lipsync.util import batched
 
 logger = logging.getLogger(__name__)
 

@@ -23,4 +23,4 @@ if [ ! -f "$MODELS_DIR/wav2lip.xml" ] || [ ! -f "$MODELS_DIR/face_detection.xml"
         echo "WARNING: no models converted; the server starts degraded (see GET /health)." >&2
 fi
 ./scripts/setup.sh
-exec .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app
+exec .venv/bin/gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app

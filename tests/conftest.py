@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import requests
 
-import local_server
-from local_server import LocalServer, stop_server
+from tools import local_server
+from tools.local_server import LocalServer, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "test_assets"
@@ -119,8 +119,8 @@ def generator_from(xml: Path, precision: str = "f32"):
     """A Wav2LipGenerator (whole network, face encoder, decoder) compiled from one IR."""
     import openvino as ov
 
-    from ov_runtime import CompiledNetwork
-    from wav2lip_model import Wav2LipGenerator
+    from lipsync.runtime.core import CompiledNetwork
+    from lipsync.runtime.wav2lip import Wav2LipGenerator
 
     core = ov.Core()
     return Wav2LipGenerator.from_ir(

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from conftest import FACE_BOX
 
-import video_io
 from app import create_app
+from lipsync.media import video_io
 
 
 def b64(data: bytes) -> str:

@@ -46,17 +46,17 @@ def librosa_mel(wav: np.ndarray, pad_mode: str) -> np.ndarray:
 def reference_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
     """Literal copy of the loop in Wav2Lip's inference.py."""
     mel_step_size = 16
-    mel_chunks = []
+    mel_windows = []
     mel_idx_multiplier = 80.0 / fps
     i = 0
     while 1:
         start_idx = int(i * mel_idx_multiplier)
         if start_idx + mel_step_size > len(mel[0]):
-            mel_chunks.append(mel[:, len(mel[0]) - mel_step_size :])
+            mel_windows.append(mel[:, len(mel[0]) - mel_step_size :])
             break
-        mel_chunks.append(mel[:, start_idx : start_idx + mel_step_size])
+        mel_windows.append(mel[:, start_idx : start_idx + mel_step_size])
         i += 1
-    return mel_chunks
+    return mel_windows
 
 
 def wav_bytes(data: np.ndarray, sr: int, subtype: str) -> bytes:
@@ -158,7 +158,7 @@ def test_melspectrogram_rejects_short_and_non_1d():
         audio.melspectrogram(np.zeros((2, 1000)))
 
 
-# ----------------------------------------------------------------------------- mel_chunks
+# ----------------------------------------------------------------------------- mel_windows
 
 EDGE_LENGTHS = [1, 15, 16, 17, 80, 81, 400, 401, 1234]
 EDGE_FPS = [25, 30, 29.97, 24, 60]
@@ -173,7 +173,7 @@ def random_mel(num_columns: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("num_columns", EDGE_LENGTHS)
 def test_mel_chunks_match_reference_loop(num_columns, fps):
     mel = random_mel(num_columns, seed=num_columns)
-    chunks = audio.mel_chunks(mel, fps)
+    chunks = audio.mel_windows(mel, fps)
     expected = reference_chunks(mel, fps)
     assert chunks.dtype == np.float32 and chunks.flags.c_contiguous
     assert chunks.shape == (len(expected), audio.N_MELS, audio.MEL_WINDOW)
@@ -194,7 +194,7 @@ def test_mel_chunks_match_reference_loop_randomised():
     for fps in fps_values:
         num_columns = int(rng.integers(16, 4000))
         sub = mel[:, :num_columns]
-        chunks = audio.mel_chunks(sub, fps)
+        chunks = audio.mel_windows(sub, fps)
         expected = np.stack(reference_chunks(sub, fps))
         assert chunks.shape == expected.shape, (num_columns, fps)
         np.testing.assert_array_equal(chunks, expected)
@@ -204,7 +204,7 @@ def test_short_audio_gives_one_silence_padded_chunk():
     wav = speech_like(2000, seed=1)  # 0.125 s -> 11 mel columns
     mel = audio.melspectrogram(wav)
     assert mel.shape[1] == 11
-    chunks = audio.mel_chunks(mel, 25)
+    chunks = audio.mel_windows(mel, 25)
     assert chunks.shape == (1, audio.N_MELS, audio.MEL_WINDOW)
     np.testing.assert_array_equal(chunks[0, :, :11], mel)
     assert np.all(chunks[0, :, 11:] == -4.0)
@@ -216,7 +216,7 @@ def test_mel_chunks_num_frames_mode(num_columns, fps):
     mel = random_mel(num_columns, seed=num_columns + 1)
     expected = reference_chunks(mel, fps)
     for num_frames in {1, len(expected), len(expected) + 7}:
-        chunks = audio.mel_chunks(mel, fps, num_frames=num_frames)
+        chunks = audio.mel_windows(mel, fps, num_frames=num_frames)
         assert chunks.shape == (num_frames, audio.N_MELS, audio.MEL_WINDOW)
         assert chunks.dtype == np.float32
         for i, window in enumerate(chunks):
@@ -231,12 +231,12 @@ def test_mel_chunks_num_frames_mode(num_columns, fps):
 
 
 def test_mel_chunks_num_frames_zero_and_service_usage():
-    assert audio.mel_chunks(random_mel(50), 25, num_frames=0).shape == (0, 80, 16)
+    assert audio.mel_windows(random_mel(50), 25, num_frames=0).shape == (0, 80, 16)
     wav = speech_like(16000 * 3 + 123, seed=9)
     mel = audio.melspectrogram(wav)
     for fps in EDGE_FPS:
         n = audio.num_video_frames(len(wav), fps)
-        chunks = audio.mel_chunks(mel, fps, num_frames=n)
+        chunks = audio.mel_windows(mel, fps, num_frames=n)
         assert chunks.shape == (n, 80, 16)
         # The last video frame starts inside the audio.
         assert int((n - 1) * 80.0 / fps) < mel.shape[1]
@@ -245,18 +245,18 @@ def test_mel_chunks_num_frames_zero_and_service_usage():
 @pytest.mark.parametrize("fps", [0, -25, float("nan"), float("inf"), "abc", None])
 def test_mel_chunks_rejects_bad_fps(fps):
     with pytest.raises(ValueError, match="fps"):
-        audio.mel_chunks(random_mel(40), fps)
+        audio.mel_windows(random_mel(40), fps)
 
 
 def test_mel_chunks_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\(80, 0\)"):
-        audio.mel_chunks(np.zeros((80, 0)), 25)
+        audio.mel_windows(np.zeros((80, 0)), 25)
     with pytest.raises(ValueError, match=r"\(40, 100\)"):
-        audio.mel_chunks(np.zeros((40, 100)), 25)
+        audio.mel_windows(np.zeros((40, 100)), 25)
     with pytest.raises(ValueError, match="-1"):
-        audio.mel_chunks(random_mel(40), 25, num_frames=-1)
+        audio.mel_windows(random_mel(40), 25, num_frames=-1)
     with pytest.raises(ValueError, match=r"2\.5"):
-        audio.mel_chunks(random_mel(40), 25, num_frames=2.5)
+        audio.mel_windows(random_mel(40), 25, num_frames=2.5)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -446,7 +446,7 @@ def test_num_video_frames_rejects_bad_input():
 @pytest.mark.parametrize("num_frames", [None, 0, 7, 61])
 def test_mel_windows_cut_on_demand_equal_mel_chunks(num_frames):
     mel = random_mel(150)
-    chunks = audio.mel_chunks(mel, 29.97, num_frames)
+    chunks = audio.mel_windows(mel, 29.97, num_frames)
     windows = audio.MelWindows(mel, 29.97, num_frames)
     assert len(windows) == len(chunks)
     for start in range(0, len(chunks), 16):

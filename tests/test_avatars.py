@@ -16,8 +16,8 @@ from test_api import assert_error, b64, wav_bytes
 from test_server import decode
 
 from app import create_app
-from avatars import AVATAR_ID_PATTERN
 from inference_engine import frame_order
+from lipsync.avatars import AVATAR_ID_PATTERN
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from conftest import ASSETS, FACE_BOX
 from test_api import assert_error, b64, wav_bytes
 from test_video_io import make_clip, png_header_only
 
-import video_io
 from app import create_app
+from lipsync.media import video_io
 
 SPEECH_SECONDS = 0.6
 SPEECH_FRAMES = 15  # ceil(0.6 s * 25 fps)

@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from ov_runtime import cpu_supports_bf16
+from lipsync.runtime.core import cpu_supports_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("image_decode", "audio_decode", "mel", "detect", "infer", "paste", "encode", "total")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-import config
+from lipsync import settings as config
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -181,7 +181,7 @@ def test_runtime_defaults(runtime):
     assert [i.args for i in runtime.all("EXPOSE")] == ["5001"]
     assert [i.args for i in runtime.all("STOPSIGNAL")] == ["SIGTERM"]
     assert [i.args for i in runtime.all("CMD")] == [
-        '["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]'
+        '["gunicorn", "-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app"]'
     ]
     assert [i.args for i in runtime.all("WORKDIR")] == ["/app"]
 
@@ -282,7 +282,7 @@ def local_imports(module: Path) -> set[str]:
 def service_modules() -> tuple[set[Path], set[str]]:
     """Project files reachable by imports from wsgi.py and gunicorn.conf.py, and every
     top-level name they import."""
-    todo = [ROOT / "wsgi.py", ROOT / "gunicorn.conf.py"]
+    todo = [ROOT / "lipsync/server/wsgi.py", ROOT / "lipsync/server/gunicorn_conf.py"]
     files: set[Path] = set()
     imported: set[str] = set()
     while todo:
@@ -295,7 +295,7 @@ def service_modules() -> tuple[set[Path], set[str]]:
             if (ROOT / f"{name}.py").is_file():
                 todo.append(ROOT / f"{name}.py")
             elif (ROOT / name / "__init__.py").is_file():
-                todo.extend((ROOT / name).glob("*.py"))
+                todo.extend((ROOT / name).rglob("*.py"))
     return files, imported
 
 

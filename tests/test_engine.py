@@ -12,7 +12,8 @@ from conftest import FACE_BOX
 import audio
 import convert_to_openvino
 from face_detection import FaceNotDetectedError
-from inference_engine import ModelNotFoundError, RenderOptions, Wav2LipInferenceEngine, frame_order
+from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine, frame_order
+from lipsync.options import RenderOptions
 from networks import reference_pipeline
 
 # Parity budget of the issue: every frame within 2 grey levels of the reference.
@@ -136,7 +137,7 @@ def test_an_image_is_encoded_once_and_a_video_runs_the_whole_network(untrained_m
 
 def test_generate_lip_sync_and_mel_chunks(engine, face_image, speech):
     top, bottom, left, right = FACE_BOX
-    mels = engine.audio_to_mel_chunks(speech, fps=25)
+    mels = engine.audio_to_mel_windows(speech, fps=25)
     assert mels.shape == (
         len(reference_pipeline.mel_windows(reference_pipeline.mel(speech), 25)),
         80,
@@ -145,7 +146,7 @@ def test_generate_lip_sync_and_mel_chunks(engine, face_image, speech):
     mouths = engine.generate_lip_sync(face_image[top:bottom, left:right], mels)
     assert mouths.shape == (len(mels), 96, 96, 3) and mouths.dtype == np.uint8
     assert mouths.std() > 5, "untrained generator output should still vary"
-    exact = engine.audio_to_mel_chunks(speech, fps=25, num_frames=40)
+    exact = engine.audio_to_mel_windows(speech, fps=25, num_frames=40)
     assert exact.shape == (40, 80, 16)
 
 

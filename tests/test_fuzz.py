@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
 from test_api import b64, wav_bytes
 from test_video_io import make_clip
 
-import openapi
+from lipsync.server import openapi
 
 # Per operation and generation phase; LIPSYNC_FUZZ_EXAMPLES=500 for a deeper run, and
 # LIPSYNC_FUZZ_RANDOM=1 for new cases on every run (else the same cases each time).

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ASSETS, FACE_BOX, ROOT
 
-import video_io
+from lipsync.media import video_io
 
 NODE = shutil.which("node")
 SCRIPT = ROOT / "examples" / "node" / "generate.mjs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import threading
 
-from ov_runtime import CompiledNetwork, make_core
+from lipsync.runtime.core import CompiledNetwork, make_core
 
 
 def test_a_compile_waits_while_another_process_holds_the_cache(untrained_models, tmp_path):

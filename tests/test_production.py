@@ -17,14 +17,14 @@ import requests
 from conftest import ASSETS, FACE_BOX, start_server, stop_server
 from test_api import assert_error, b64, wav_bytes
 
-from admission import (
+from app import create_app
+from lipsync.server.admission import (
     AdmissionController,
     ClientDisconnectedError,
     Deadline,
     OverloadedError,
     peer_closed,
 )
-from app import create_app
 
 
 def make_client(models, **overrides):

@@ -12,9 +12,9 @@ import openvino as ov
 import pytest
 
 import audio
-import quantize_int8
-from util import sha256_file
-from wav2lip_model import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, OUTPUT
+from lipsync.runtime.wav2lip import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, OUTPUT
+from lipsync.util import sha256_file
+from tools import quantize_int8
 
 SAMPLES = 32
 # Measured on the seed-0 untrained generator (32 and 300 calibration samples alike):
@@ -143,7 +143,7 @@ def test_int8_split_keeps_the_decoders_input_quantization(quantized_dir):
     differently in each)."""
     from conftest import generator_from
 
-    from wav2lip_model import decoder_model
+    from lipsync.runtime.wav2lip import decoder_model
 
     xml = quantized_dir / "wav2lip.int8.xml"
     decoder = decoder_model(ov.Core().read_model(xml))

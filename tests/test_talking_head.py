@@ -6,8 +6,8 @@ import cv2
 import pytest
 from conftest import ASSETS, FACE_BOX
 
-import video_io
-from talking_head import Wav2LipTalkingHead
+from lipsync.media import video_io
+from lipsync.talking_head import Wav2LipTalkingHead
 
 SPEECH = ASSETS / "speech.wav"
 SPEECH_FRAMES = 138  # ceil(5.50 s * 25)

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-import video_io
-from video_io import (
+from lipsync.media import video_io
+from lipsync.media.video_io import (
     DecodedVideo,
     EncodedVideo,
     EncodeOptions,

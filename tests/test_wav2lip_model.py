@@ -8,8 +8,7 @@ import openvino.opset13 as ops
 import pytest
 from conftest import generator_from
 
-import quantize_int8
-from wav2lip_model import (
+from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,
     FACE_INPUT,
     FEATURES,
@@ -17,6 +16,7 @@ from wav2lip_model import (
     face_encoder_model,
     face_feature_outputs,
 )
+from tools import quantize_int8
 
 # The outputs of Wav2Lip's 7 face encoder blocks (channels, side), which the decoder
 # concatenates in reverse order.

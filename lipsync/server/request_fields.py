@@ -11,10 +11,9 @@ from typing import Any
 
 from flask import Request
 
-from config import FORMATS, Settings
-from errors import InvalidFieldError, ServiceError
-from inference_engine import RenderOptions
-from wav2lip_model import GENERATOR_NAMES
+from lipsync.errors import InvalidFieldError, ServiceError
+from lipsync.options import GENERATOR_NAMES, RenderOptions
+from lipsync.settings import FORMATS, Settings
 
 MEDIA_FIELDS = ("image", "video", "audio")
 VIDEO_MIME_TYPES = {"video/webm": "webm", "video/mp4": "mp4"}

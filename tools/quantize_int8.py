@@ -12,7 +12,7 @@ test_assets/face.jpg (random shifts, scales, brightness, flips) and synthetic 1/
 stacked into the 6-channel input by `wav2lip_model.face_input`, then converted to the IR's
 raw input (float32 NCHW in [0, 1]; the /255 lives in the engine's preprocessing, not in the
 IR); mel windows from generated speech-like audio via `audio.melspectrogram` and
-`audio.mel_chunks`.
+`audio.mel_windows`.
 
 Choices, measured on a 2-core AVX-512 (VNNI, BF16) CPU with OpenVINO 2026.4 / NNCF 3.4:
 preset "mixed" and "performance" run at the same speed (~190 frames/s at batch 16, vs ~95
@@ -48,22 +48,22 @@ import numpy as np
 import openvino as ov
 
 import audio
-from util import configure_logging, sha256_file
-from wav2lip_model import (
+from lipsync.options import GENERATOR_NAMES
+from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,
     FACE_INPUT,
     FACE_SIZE,
-    GENERATOR_NAMES,
     OUTPUT,
     add_preprocessing,
     audio_input,
     face_input,
     to_uint8_faces,
 )
+from lipsync.util import configure_logging, sha256_file
 
 logger = logging.getLogger("quantize_int8")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 FACE_IMAGE = ROOT / "test_assets" / "face.jpg"
 # The face in test_assets/face.jpg as (top, bottom, left, right), read off the image by eye
 # (the same box as tests/conftest.py), with the engine's default bottom pad of 10 pixels.
@@ -125,7 +125,7 @@ def mel_windows(count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     duration = max(4.0, count / FPS + 1.0)
     wav = speech_like(duration, seed=seed)
-    windows = audio.mel_chunks(audio.melspectrogram(wav), FPS)
+    windows = audio.mel_windows(audio.melspectrogram(wav), FPS)
     return windows[rng.permutation(len(windows))[:count]]
 
 

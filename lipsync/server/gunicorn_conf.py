@@ -1,4 +1,6 @@
-"""gunicorn settings for the lip-sync service (`gunicorn -c gunicorn.conf.py wsgi:app`).
+"""gunicorn settings for the lip-sync service.
+
+`gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app`
 
 One engine per worker process: models are compiled in `post_worker_init`, after the fork,
 so no OpenVINO threads exist in the master. Prometheus metrics of all workers are
@@ -30,7 +32,9 @@ preload_app = False
 control_socket_disable = True
 
 _metrics_root = Path(
-    os.environ.get("LIPSYNC_METRICS_DIR", Path(__file__).resolve().parent / ".cache" / "metrics")
+    os.environ.get(
+        "LIPSYNC_METRICS_DIR", Path(__file__).resolve().parents[2] / ".cache" / "metrics"
+    )
 )
 METRICS_DIR = _metrics_root / str(os.getpid())
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from errors import ServiceError
+from lipsync.errors import ServiceError
 
 
 class OverloadedError(ServiceError):

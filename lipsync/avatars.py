@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_engine import PreparedFace, RenderOptions
-from util import timed
+from inference_engine import PreparedFace
+from lipsync.options import RenderOptions
+from lipsync.util import timed
 
 logger = logging.getLogger(__name__)
 

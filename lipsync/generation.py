@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 import audio
-import video_io
-from config import Settings
-from errors import AudioError, ServiceError
-from inference_engine import MAX_FPS, PreparedFace, RenderOptions, Wav2LipInferenceEngine
-from util import timed
+from inference_engine import PreparedFace, Wav2LipInferenceEngine
+from lipsync.errors import AudioError, ServiceError
+from lipsync.media import video_io
+from lipsync.options import MAX_FPS, RenderOptions
+from lipsync.settings import Settings
+from lipsync.util import timed
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
     return np.stack(video.frames), video.fps
 
 
-def speech_windows(speech: Speech, fps: float) -> audio.MelWindows:
+def speech_mel_windows(speech: Speech, fps: float) -> audio.MelWindows:
     """Mel windows covering the whole speech at `fps`, cut batch by batch as they are used:
     N = ceil(duration * fps) windows of (80, 16)."""
     num_frames = audio.num_video_frames(len(speech.model_input), fps)
@@ -137,7 +138,7 @@ def generate(
     """
     timings = {} if timings is None else timings
     with timed(timings, "mel"):
-        windows = speech_windows(speech, options.fps)
+        windows = speech_mel_windows(speech, options.fps)
     height, width = prepared.frames.shape[1:3]
     batches = engine.iter_frames(prepared, windows, options.model, timings)
     with timed(timings, "encode"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LIPSYNC_"
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 FORMATS = ("webm", "mp4")
 
 

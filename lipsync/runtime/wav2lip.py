@@ -14,7 +14,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ov_runtime import CompiledNetwork
+from lipsync.runtime.core import CompiledNetwork
 
 # Side of the square face crop the generator sees and produces.
 FACE_SIZE = 96
@@ -23,7 +23,6 @@ FACE_CHANNELS = 6
 AUDIO_INPUT = "audio_sequences"
 FACE_INPUT = "face_sequences"
 OUTPUT = "lipsync"
-GENERATOR_NAMES = ("wav2lip", "wav2lip_gan")
 # Face encoder outputs / decoder inputs: "face_features.0", "face_features.1", ...
 FEATURES = "face_features"
 
@@ -124,9 +123,9 @@ def face_input(crops: np.ndarray) -> np.ndarray:
     return np.concatenate([masked, crops], axis=3)
 
 
-def audio_input(mel_chunks: np.ndarray) -> np.ndarray:
+def audio_input(mel_windows: np.ndarray) -> np.ndarray:
     """(B, 80, 16) mel windows -> (B, 1, 80, 16) float32 network input."""
-    return np.ascontiguousarray(mel_chunks[:, None], dtype=np.float32)
+    return np.ascontiguousarray(mel_windows[:, None], dtype=np.float32)
 
 
 def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
@@ -170,14 +169,14 @@ class Wav2LipGenerator:
         IR after `preprocess` (whole: `add_preprocessing`, or one of the two cuts)."""
         return cls(network(add_preprocessing), network(face_encoder_model), network(decoder_model))
 
-    def start(self, mel_chunks: np.ndarray, faces: np.ndarray) -> PendingBatch:
+    def start(self, mel_windows: np.ndarray, faces: np.ndarray) -> PendingBatch:
         """Start a batch with a face per mel window, without waiting for it.
 
-        mel_chunks: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`.
+        mel_windows: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`.
         """
-        if len(mel_chunks) != len(faces):
-            raise ValueError(f"{len(mel_chunks)} mel windows for {len(faces)} faces")
-        inputs = {AUDIO_INPUT: audio_input(mel_chunks), FACE_INPUT: np.ascontiguousarray(faces)}
+        if len(mel_windows) != len(faces):
+            raise ValueError(f"{len(mel_windows)} mel windows for {len(faces)} faces")
+        inputs = {AUDIO_INPUT: audio_input(mel_windows), FACE_INPUT: np.ascontiguousarray(faces)}
         return self._start(self.whole, inputs)
 
     def encode_face(self, face: np.ndarray) -> FaceFeatures:
@@ -190,12 +189,12 @@ class Wav2LipGenerator:
                 out.get_any_name(): req.get_tensor(out).data.copy() for out in req.model_outputs
             }
 
-    def start_with_face(self, mel_chunks: np.ndarray, features: FaceFeatures) -> PendingBatch:
+    def start_with_face(self, mel_windows: np.ndarray, features: FaceFeatures) -> PendingBatch:
         """Start a batch whose every mel window shows the face of `encode_face`.
 
-        mel_chunks: (B, 80, 16) float32.
+        mel_windows: (B, 80, 16) float32.
         """
-        return self._start(self.decoder, {AUDIO_INPUT: audio_input(mel_chunks), **features})
+        return self._start(self.decoder, {AUDIO_INPUT: audio_input(mel_windows), **features})
 
     @staticmethod
     def _start(network: CompiledNetwork, inputs: dict[str, np.ndarray]) -> PendingBatch:
@@ -207,12 +206,12 @@ class Wav2LipGenerator:
             raise
         return PendingBatch(network, req)
 
-    def infer(self, mel_chunks: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    def infer(self, mel_windows: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Generate mouths for a batch and wait.
 
-        mel_chunks: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`, or
+        mel_windows: (B, 80, 16) float32; faces: (B, 96, 96, 6) uint8 from `face_input`, or
         (1, 96, 96, 6) for one face shown in every window. -> (B, 96, 96, 3) uint8 BGR.
         """
         if len(faces) == 1:
-            return self.start_with_face(mel_chunks, self.encode_face(faces)).wait()
-        return self.start(mel_chunks, faces).wait()
+            return self.start_with_face(mel_windows, self.encode_face(faces)).wait()
+        return self.start(mel_windows, faces).wait()

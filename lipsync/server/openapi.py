@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from config import FORMATS, Settings
-from inference_engine import DEFAULT_PADS, MAX_FPS
-from wav2lip_model import GENERATOR_NAMES
+from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, MAX_FPS
+from lipsync.settings import FORMATS, Settings
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"

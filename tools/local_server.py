@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -69,7 +69,12 @@ def start_server(
     log_path = work_dir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "-c",
+                "python:lipsync.server.gunicorn_conf",
+                "lipsync.server.wsgi:app",
+            ],
             cwd=ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,

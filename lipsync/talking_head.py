@@ -22,11 +22,12 @@ import numpy as np
 import openvino as ov
 
 import audio
-import generation
-import video_io
-from config import Settings
-from errors import ServiceError
-from inference_engine import DEFAULT_PADS, PreparedFace, RenderOptions, Wav2LipInferenceEngine
+from inference_engine import PreparedFace, Wav2LipInferenceEngine
+from lipsync import generation
+from lipsync.errors import ServiceError
+from lipsync.media import video_io
+from lipsync.options import DEFAULT_PADS, RenderOptions
+from lipsync.settings import Settings
 
 QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
 CONTAINERS = {".webm": "webm", ".mp4": "mp4"}

@@ -1,0 +1,1 @@
+"""Media decoding and encoding: images, face videos, the output video stream."""

@@ -1,0 +1,1 @@
+"""The OpenVINO runtime: the core, compile-once networks, and the compiled Wav2Lip generator."""
