@@ -25,7 +25,8 @@ from inference_engine import DETECTOR_NAME, ModelNotFoundError, Wav2LipInference
 from lipsync import generation
 from lipsync.avatars import Avatar, AvatarStore, check_avatar_id
 from lipsync.errors import InvalidFieldError, ServiceError
-from lipsync.media import video_io
+from lipsync.media.encode_options import EncodeOptions
+from lipsync.media.errors import MediaError, MediaTooLargeError
 from lipsync.options import GENERATOR_NAMES
 from lipsync.server import observability as obs
 from lipsync.server import openapi
@@ -216,10 +217,10 @@ def register_error_handlers(app: Flask) -> None:
             obs.REJECTED.labels(exc.code).inc()
         return response, status
 
-    @app.errorhandler(video_io.MediaError)
-    def _media(exc: video_io.MediaError):
+    @app.errorhandler(MediaError)
+    def _media(exc: MediaError):
         return error_response(
-            413 if isinstance(exc, video_io.MediaTooLargeError) else 415, exc.code, str(exc)
+            413 if isinstance(exc, MediaTooLargeError) else 415, exc.code, str(exc)
         )
 
     @app.errorhandler(FaceNotDetectedError)
@@ -401,7 +402,7 @@ def generate_video():
             avatar.prepared,
             speech,
             options,
-            video_io.EncodeOptions(container=fmt),
+            EncodeOptions(container=fmt),
             timings,
             check=deadline.check,
         )

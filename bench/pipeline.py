@@ -65,7 +65,8 @@ import soundfile as sf  # noqa: E402
 from face_detection import FaceNotDetectedError  # noqa: E402
 from inference_engine import DETECTOR_NAME, Wav2LipInferenceEngine  # noqa: E402
 from lipsync import generation  # noqa: E402
-from lipsync.media import video_io  # noqa: E402
+from lipsync.media.encode import EncodedVideo, frame_rate  # noqa: E402
+from lipsync.media.encode_options import EncodeOptions  # noqa: E402
 from lipsync.options import RenderOptions  # noqa: E402
 from lipsync.runtime.core import PRECISIONS, CompiledNetwork, cpu_supports_bf16, make_core  # noqa: E402
 from lipsync.runtime.wav2lip import (  # noqa: E402
@@ -386,7 +387,7 @@ def run_once(
     wav_bytes: bytes,
     options: RenderOptions,
     settings: Settings,
-) -> tuple[dict[str, float], np.ndarray, video_io.EncodedVideo]:
+) -> tuple[dict[str, float], np.ndarray, EncodedVideo]:
     """One POST /api/generate for a new face image, as app.generate_video runs it (the
     avatar store's cache-miss path: decode_face + prepare_face). -> (stage seconds, decoded
     frames, video)."""
@@ -398,7 +399,7 @@ def run_once(
         frames, _ = generation.decode_face(image_bytes, settings)
     prepared = engine.prepare_face(frames, options, timings=timings)
     result = generation.generate(
-        engine, prepared, speech, options, video_io.EncodeOptions(container="webm"), timings
+        engine, prepared, speech, options, EncodeOptions(container="webm"), timings
     )
     stages = {k: v / 1000 for k, v in result.timings_ms.items()}
     stages["total"] = time.perf_counter() - start
@@ -648,7 +649,7 @@ def reference_write(frames: np.ndarray, fps: float, wav_path: Path) -> bytes:
             av.open(str(wav_path)) as speech,
             av.open(str(mp4), "w") as dst,
         ):
-            video = dst.add_stream("libx264", rate=video_io.frame_rate(fps))
+            video = dst.add_stream("libx264", rate=frame_rate(fps))
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
             sound = dst.add_stream("aac", rate=speech.streams.audio[0].rate)
             for picture in src.decode(video=0):

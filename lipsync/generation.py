@@ -16,7 +16,11 @@ import numpy as np
 import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
 from lipsync.errors import AudioError, ServiceError
-from lipsync.media import video_io
+from lipsync.media.encode import EncodedVideo, encode_video
+from lipsync.media.encode_options import EncodeOptions
+from lipsync.media.images import decode_image
+from lipsync.media.sniff import sniff_media
+from lipsync.media.video import decode_video
 from lipsync.options import MAX_FPS, RenderOptions
 from lipsync.settings import Settings
 from lipsync.util import timed
@@ -39,7 +43,7 @@ class Speech:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    video: video_io.EncodedVideo
+    video: EncodedVideo
     fps: float
     timings_ms: dict[str, float]
 
@@ -72,9 +76,9 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
 
     MediaError when the data is not usable; ServiceError for a frame rate out of range.
     """
-    if video_io.sniff_media(data) != "video":
-        return video_io.decode_image(data, max_pixels=settings.max_image_pixels)[None], None
-    video = video_io.decode_video(
+    if sniff_media(data) != "video":
+        return decode_image(data, max_pixels=settings.max_image_pixels)[None], None
+    video = decode_video(
         data,
         max_frames=settings.max_video_frames,
         max_pixels=settings.max_image_pixels,
@@ -124,7 +128,7 @@ def generate(
     prepared: PreparedFace,
     speech: Speech,
     options: RenderOptions,
-    encode_options: video_io.EncodeOptions,
+    encode_options: EncodeOptions,
     timings: dict[str, float] | None = None,
     *,
     include_audio: bool = True,
@@ -142,7 +146,7 @@ def generate(
     height, width = prepared.frames.shape[1:3]
     batches = engine.iter_frames(prepared, windows, options.model, timings)
     with timed(timings, "encode"):
-        video = video_io.encode_video(
+        video = encode_video(
             _single_frames(batches, timings, check),
             width=width,
             height=height,

@@ -25,7 +25,8 @@ import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
 from lipsync import generation
 from lipsync.errors import ServiceError
-from lipsync.media import video_io
+from lipsync.media.encode_options import EncodeOptions
+from lipsync.media.images import decode_image
 from lipsync.options import DEFAULT_PADS, RenderOptions
 from lipsync.settings import Settings
 
@@ -76,7 +77,7 @@ class Wav2LipTalkingHead:
             raise FileNotFoundError(f"models directory not found: {self.settings.models_dir}")
         self.quality_mode = quality_mode
         self.options = RenderOptions(pads=pads, box=box, model=QUALITY_MODELS[quality_mode])
-        self._image = video_io.decode_image(
+        self._image = decode_image(
             self.avatar_image_path.read_bytes(), max_pixels=self.settings.max_image_pixels
         )
         self._engine: Wav2LipInferenceEngine | None = Wav2LipInferenceEngine(
@@ -180,7 +181,7 @@ class Wav2LipTalkingHead:
                 self._prepared,
                 speech,
                 options,
-                video_io.EncodeOptions(container=container),
+                EncodeOptions(container=container),
                 include_audio=include_audio,
             )
         self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import FACE_BOX
+from media_helpers import probe_video
 
 from app import create_app
-from lipsync.media import video_io
 
 
 def b64(data: bytes) -> str:
@@ -62,7 +62,7 @@ def test_generate_json_returns_a_playable_video(client, image_b64, short_audio):
     assert payload["num_frames"] == 15  # ceil(0.6 s * 25)
     assert payload["duration"] == pytest.approx(0.6)
     assert set(payload["timings_ms"]) >= {"mel", "detect", "infer", "paste", "encode"}
-    info = video_io.probe_video(base64.b64decode(payload["video"]))
+    info = probe_video(base64.b64decode(payload["video"]))
     assert (info["video_codec"], info["audio_codec"]) == ("vp9", "opus")
     assert info["num_frames"] == 15
     assert info["audio_duration"] == pytest.approx(0.6, abs=0.04)
@@ -84,7 +84,7 @@ def test_generate_accepts_data_urls_mp4_and_options(client, image_b64, short_aud
     assert response.status_code == 200, response.get_json()
     payload = response.get_json()
     assert payload["mime_type"] == "video/mp4" and payload["num_frames"] == 18
-    info = video_io.probe_video(base64.b64decode(payload["video"]))
+    info = probe_video(base64.b64decode(payload["video"]))
     assert (info["video_codec"], info["audio_codec"], info["fps"]) == ("h264", "aac", 30.0)
 
 

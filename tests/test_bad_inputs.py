@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ASSETS, FACE_BOX
+from media_helpers import make_clip, png_header_only
 from test_api import assert_error, b64, wav_bytes
-from test_video_io import make_clip, png_header_only
 
 from app import create_app
-from lipsync.media import video_io
+from lipsync.media import images
 
 SPEECH_SECONDS = 0.6
 SPEECH_FRAMES = 15  # ceil(0.6 s * 25 fps)
@@ -175,7 +175,7 @@ def test_huge_image_is_refused_before_decoding(client, speech, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a 20000x20000 image reached the decoder")
 
-    monkeypatch.setattr(video_io.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(images.cv2, "imdecode", no_decoding)
     response = generate(client, png_header_only(20000, 20000), speech)
     assert_error(response, 413, "image_too_large")
     assert "20000x20000" in response.get_json()["error"]["message"]

@@ -30,6 +30,7 @@ import soundfile as sf
 from conftest import ASSETS, FACE_BOX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from media_helpers import make_clip
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -38,7 +39,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from test_api import b64, wav_bytes
-from test_video_io import make_clip
 
 from lipsync.server import openapi
 

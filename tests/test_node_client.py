@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ASSETS, FACE_BOX, ROOT
-
-from lipsync.media import video_io
+from media_helpers import probe_video
 
 NODE = shutil.which("node")
 SCRIPT = ROOT / "examples" / "node" / "generate.mjs"
@@ -53,7 +52,7 @@ def generate(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def check_video(path: Path, codecs: tuple[str, str]) -> None:
-    info = video_io.probe_video(path.read_bytes())
+    info = probe_video(path.read_bytes())
     assert (info["video_codec"], info["audio_codec"]) == codecs
     assert (info["width"], info["height"]) == (512, 512)
     assert info["fps"] == 25.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import pytest
 from conftest import ASSETS, FACE_BOX
+from media_helpers import probe_video
 
-from lipsync.media import video_io
 from lipsync.talking_head import Wav2LipTalkingHead
 
 SPEECH = ASSETS / "speech.wav"
@@ -23,14 +23,14 @@ def test_generate_webm_and_mp4(head, tmp_path):
     assert head.preprocess_avatar() == {"box": list(FACE_BOX), "width": 512, "height": 512}
     out = head.generate(SPEECH, tmp_path / "reply.webm")
     assert out == str(tmp_path / "reply.webm")
-    info = video_io.probe_video((tmp_path / "reply.webm").read_bytes())
+    info = probe_video((tmp_path / "reply.webm").read_bytes())
     assert (info["video_codec"], info["audio_codec"], info["num_frames"]) == (
         "vp9",
         "opus",
         SPEECH_FRAMES,
     )
     head.generate(SPEECH, tmp_path / "silent.mp4", fps=30, include_audio=False)
-    info = video_io.probe_video((tmp_path / "silent.mp4").read_bytes())
+    info = probe_video((tmp_path / "silent.mp4").read_bytes())
     assert (info["video_codec"], info["audio_codec"], info["fps"]) == ("h264", None, 30.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "reply.webm",
