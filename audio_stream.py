@@ -105,7 +105,7 @@ class SpeechStream:
 
     Frame t is returned by the push whose 16 kHz output reaches
     ``int(t * MEL_FRAMES_PER_SECOND / fps) * HOP_LENGTH + LOOKAHEAD_SAMPLES`` samples; for
-    another input rate the resampler holds back its own delay (~40 ms at 22.05-48 kHz).
+    another input rate the resampler holds back its own delay (`resampler_delay_seconds`).
     """
 
     def __init__(self, fps: float, sample_rate: int = SAMPLE_RATE) -> None:
@@ -155,6 +155,14 @@ class SpeechStream:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def resampler_delay_seconds(self) -> float:
+        """Speech pushed but still held in the resampler (0 at SAMPLE_RATE): a frame is
+        returned by the push that brings the input past its start + LOOKAHEAD_SECONDS +
+        this delay (measured with soxr HQ: ~40 ms at 22.05/44.1 kHz, ~37 ms at 48 kHz,
+        ~79 ms at 96/192 kHz, ~116 ms at 8 kHz)."""
+        return 0.0 if self._resampler is None else self._resampler.delay() / SAMPLE_RATE
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """Add mono samples (n,) at sample_rate (as audio.read_audio returns them: float32
