@@ -220,9 +220,8 @@ def _hann_window() -> np.ndarray:
 
 
 def preemphasis(wav: np.ndarray, previous: float = 0.0) -> np.ndarray:
-    """y[n] = x[n] - PREEMPHASIS * x[n-1] (scipy.signal.lfilter([1, -k], [1], x)), where
-    x[-1] is ``previous``: the last sample of the preceding chunk, 0 at the start (so y[0] =
-    x[0] exactly), which lets a signal be filtered chunk by chunk with identical results.
+    """y[n] = x[n] - PREEMPHASIS * x[n-1] (scipy.signal.lfilter([1, -k], [1], x)); x[-1] is
+    ``previous``, the preceding chunk's last sample (0 at the start: y[0] = x[0] exactly).
 
     wav: shape (n_samples,); returns shape (n_samples,), float64.
     """
@@ -243,12 +242,10 @@ def check_mel_length(num_samples: int) -> None:
 
 
 def mel_columns(padded: np.ndarray) -> np.ndarray:
-    """The normalised log-mel columns of a stretch of the padded, pre-emphasised signal.
-
-    Column j is |STFT| (periodic Hann window) of ``padded[j * HOP_LENGTH :][:N_FFT]``, Slaney
-    mel, ``20 * log10(max(1e-5, x)) - REF_LEVEL_DB``, then symmetric normalisation to
-    [-MAX_ABS_VALUE, MAX_ABS_VALUE]. Each column depends on its own N_FFT samples only, so
-    any split of the signal into overlapping stretches gives the same columns.
+    """Normalised log-mel columns of a stretch of the padded, pre-emphasised signal: column j
+    is |STFT| (periodic Hann window) of ``padded[j * HOP_LENGTH :][:N_FFT]``, Slaney mel,
+    ``20 * log10(max(1e-5, x)) - REF_LEVEL_DB``, then symmetric normalisation to
+    [-MAX_ABS_VALUE, MAX_ABS_VALUE]; it depends on those N_FFT samples only.
 
     padded: shape (n,), float64. Returns (N_MELS, 1 + (n - N_FFT) // HOP_LENGTH) float32,
     (N_MELS, 0) when n < N_FFT.
@@ -332,10 +329,8 @@ def cut_windows(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return np.empty((0, N_MELS, MEL_WINDOW), dtype=np.float32)
     first, stop = int(starts.min()), int(starts.max()) + MEL_WINDOW
     span = mel[:, first:stop]
-    if span.shape[1] < stop - first:
-        span = np.pad(
-            span, ((0, 0), (0, stop - first - span.shape[1])), constant_values=SILENCE_VALUE
-        )
+    missing = ((0, 0), (0, stop - first - span.shape[1]))
+    span = np.pad(span, missing, constant_values=SILENCE_VALUE) if missing[1][1] else span
     view = np.lib.stride_tricks.sliding_window_view(span, MEL_WINDOW, axis=1)
     return np.ascontiguousarray(view[:, starts - first].transpose(1, 0, 2))
 
