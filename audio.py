@@ -219,38 +219,40 @@ def _hann_window() -> np.ndarray:
     return window
 
 
-def preemphasis(wav: np.ndarray) -> np.ndarray:
-    """y[n] = x[n] - PREEMPHASIS * x[n-1], y[0] = x[0] (scipy.signal.lfilter([1, -k], [1], x)).
+def preemphasis(wav: np.ndarray, previous: float = 0.0) -> np.ndarray:
+    """y[n] = x[n] - PREEMPHASIS * x[n-1] (scipy.signal.lfilter([1, -k], [1], x)); x[-1] is
+    ``previous``, the preceding chunk's last sample (0 at the start: y[0] = x[0] exactly).
 
     wav: shape (n_samples,); returns shape (n_samples,), float64.
     """
     x = np.asarray(wav, dtype=np.float64)
     y = np.empty_like(x)
-    y[:1] = x[:1]
+    np.subtract(x[:1], PREEMPHASIS * np.float64(previous), out=y[:1])
     np.subtract(x[1:], PREEMPHASIS * x[:-1], out=y[1:])
     return y
 
 
-def melspectrogram(wav: np.ndarray) -> np.ndarray:
-    """Wav2Lip's normalised log-mel spectrogram.
-
-    Pre-emphasis, |STFT| (centred, reflect-padded by N_FFT // 2 like librosa 0.7, periodic
-    Hann window), Slaney mel, ``20 * log10(max(1e-5, x)) - REF_LEVEL_DB``, then symmetric
-    normalisation to [-MAX_ABS_VALUE, MAX_ABS_VALUE].
-
-    wav: shape (n_samples,) at SAMPLE_RATE, n_samples >= MIN_MEL_SAMPLES.
-    Returns shape (N_MELS, 1 + n_samples // HOP_LENGTH), float32.
-    """
-    wav = np.asarray(wav)
-    if wav.ndim != 1:
-        raise ValueError(f"expected a 1-D waveform, got shape {wav.shape}")
-    if wav.shape[0] < MIN_MEL_SAMPLES:
+def check_mel_length(num_samples: int) -> None:
+    """ValueError unless ``num_samples`` (at SAMPLE_RATE) can be reflect-padded by N_FFT // 2."""
+    if num_samples < MIN_MEL_SAMPLES:
         raise ValueError(
-            f"audio too short for the mel spectrogram: {wav.shape[0]} samples, "
+            f"audio too short for the mel spectrogram: {num_samples} samples, "
             f"need at least {MIN_MEL_SAMPLES} ({MIN_MEL_SAMPLES / SAMPLE_RATE * 1000:.2f} ms)"
         )
-    y = np.pad(preemphasis(wav), N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP_LENGTH]
+
+
+def mel_columns(padded: np.ndarray) -> np.ndarray:
+    """Normalised log-mel columns of a stretch of the padded, pre-emphasised signal: column j
+    is |STFT| (periodic Hann window) of ``padded[j * HOP_LENGTH :][:N_FFT]``, Slaney mel,
+    ``20 * log10(max(1e-5, x)) - REF_LEVEL_DB``, then symmetric normalisation to
+    [-MAX_ABS_VALUE, MAX_ABS_VALUE]; it depends on those N_FFT samples only.
+
+    padded: shape (n,), float64. Returns (N_MELS, 1 + (n - N_FFT) // HOP_LENGTH) float32,
+    (N_MELS, 0) when n < N_FFT.
+    """
+    if padded.shape[0] < N_FFT:
+        return np.empty((N_MELS, 0), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     window = _hann_window()
     bins, weights, row_starts = _sparse_mel_filters()
 
@@ -269,6 +271,22 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     return np.clip(normalised, -MAX_ABS_VALUE, MAX_ABS_VALUE).T.astype(np.float32, order="C")
 
 
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip's normalised log-mel spectrogram: `mel_columns` of the pre-emphasised signal,
+    centred (reflect-padded by N_FFT // 2 on both sides, like librosa 0.7).
+
+    audio_stream.MelStream computes the same columns chunk by chunk from the same pieces.
+
+    wav: shape (n_samples,) at SAMPLE_RATE, n_samples >= MIN_MEL_SAMPLES.
+    Returns shape (N_MELS, 1 + n_samples // HOP_LENGTH), float32.
+    """
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise ValueError(f"expected a 1-D waveform, got shape {wav.shape}")
+    check_mel_length(wav.shape[0])
+    return mel_columns(np.pad(preemphasis(wav), N_FFT // 2, mode="reflect"))
+
+
 def _check_fps(fps: float) -> float:
     try:
         value = float(fps)
@@ -279,21 +297,42 @@ def _check_fps(fps: float) -> float:
     return value
 
 
-def _window_starts(count: int, step: float) -> np.ndarray:
-    """int(i * step) for i in range(count), with float64 arithmetic like Python's."""
-    return np.floor(np.arange(count, dtype=np.float64) * step).astype(np.int64)
+def window_step(fps: float) -> float:
+    """Mel columns per video frame at ``fps`` (ValueError for a non-positive/non-finite fps)."""
+    return MEL_FRAMES_PER_SECOND / _check_fps(fps)
 
 
-def _count_full_windows(num_columns: int, step: float) -> int:
+def window_starts(step: float, stop: int, start: int = 0) -> np.ndarray:
+    """int(i * step) for i in range(start, stop), with float64 arithmetic like Python's."""
+    return np.floor(np.arange(start, stop, dtype=np.float64) * step).astype(np.int64)
+
+
+def count_full_windows(num_columns: int, step: float, known: int = 0) -> int:
     """Number of leading i with int(i * step) + MEL_WINDOW <= num_columns, i.e. the windows
-    the reference loop appends before its final, end-aligned one."""
+    the reference loop appends before its final, end-aligned one. ``known``: a count
+    already known to be full (then only the starts past it are computed)."""
     last_start = num_columns - MEL_WINDOW
     if last_start < 0:
         return 0
     # Starts are non-decreasing in i; the closed-form bound plus 2 of slack for float
     # rounding is past the first start > last_start, so searchsorted gives the exact count.
-    starts = _window_starts(math.ceil((last_start + 1) / step) + 2, step)
-    return int(np.searchsorted(starts, last_start, side="right"))
+    starts = window_starts(step, math.ceil((last_start + 1) / step) + 2, known)
+    return known + int(np.searchsorted(starts, last_start, side="right"))
+
+
+def cut_windows(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The MEL_WINDOW-column windows of ``mel`` (N_MELS, T) float32 starting at ``starts``
+    (k,) int; columns past T are SILENCE_VALUE. Returns (k, N_MELS, MEL_WINDOW) float32,
+    C-contiguous. Only the columns the windows span are copied.
+    """
+    if starts.size == 0:
+        return np.empty((0, N_MELS, MEL_WINDOW), dtype=np.float32)
+    first, stop = int(starts.min()), int(starts.max()) + MEL_WINDOW
+    span = mel[:, first:stop]
+    missing = ((0, 0), (0, stop - first - span.shape[1]))
+    span = np.pad(span, missing, constant_values=SILENCE_VALUE) if missing[1][1] else span
+    view = np.lib.stride_tricks.sliding_window_view(span, MEL_WINDOW, axis=1)
+    return np.ascontiguousarray(view[:, starts - first].transpose(1, 0, 2))
 
 
 def mel_windows(mel: np.ndarray, fps: float, num_frames: int | None = None) -> np.ndarray:
@@ -330,20 +369,18 @@ class MelWindows:
             raise ValueError(
                 f"expected a mel spectrogram of shape ({N_MELS}, T>=1), got {mel.shape}"
             )
-        step = MEL_FRAMES_PER_SECOND / _check_fps(fps)
+        step = window_step(fps)
         num_columns = mel.shape[1]
         if num_frames is None:
-            full = _count_full_windows(num_columns, step)
-            starts = np.append(_window_starts(full, step), max(num_columns - MEL_WINDOW, 0))
+            full = count_full_windows(num_columns, step)
+            starts = np.append(window_starts(step, full), max(num_columns - MEL_WINDOW, 0))
         else:
             if isinstance(num_frames, bool) or not isinstance(num_frames, int | np.integer):
                 raise ValueError(f"num_frames must be an int or None, got {num_frames!r}")
             if num_frames < 0:
                 raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-            starts = _window_starts(int(num_frames), step)
-        width = max(num_columns, MEL_WINDOW, int(starts[-1]) + MEL_WINDOW if starts.size else 0)
-        padded = np.pad(mel, ((0, 0), (0, width - num_columns)), constant_values=SILENCE_VALUE)
-        self._windows = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW, axis=1)
+            starts = window_starts(step, int(num_frames))
+        self._mel = mel
         self._starts = starts
 
     def __len__(self) -> int:
@@ -352,7 +389,7 @@ class MelWindows:
     def __getitem__(self, index: slice) -> np.ndarray:
         if not isinstance(index, slice):
             raise TypeError(f"MelWindows takes a slice, got {type(index).__name__}")
-        return np.ascontiguousarray(self._windows[:, self._starts[index]].transpose(1, 0, 2))
+        return cut_windows(self._mel, self._starts[index])
 
 
 def num_video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
