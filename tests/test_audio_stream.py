@@ -1,4 +1,4 @@
-"""Tests for audio_stream.py: streamed mel windows equal the offline path's, exactly, and
+"""Tests for lipsync/audio_stream.py: streamed mel windows equal the offline path's, exactly, and
 come out as soon as the look-ahead allows."""
 
 import math
@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 
 import audio
-from audio_stream import LOOKAHEAD_SAMPLES, LOOKAHEAD_SECONDS, MelStream, SpeechStream
+from lipsync.audio_stream import LOOKAHEAD_SAMPLES, LOOKAHEAD_SECONDS, MelStream, SpeechStream
 
 SPEECH_PATH = Path(__file__).resolve().parent.parent / "test_assets" / "speech.wav"
 RATES = [16000, 22050, 44100, 48000]
