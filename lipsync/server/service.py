@@ -16,7 +16,7 @@ from flask import Response, current_app, g, request
 from inference_engine import Wav2LipInferenceEngine
 from lipsync import generation
 from lipsync.avatars import AvatarStore
-from lipsync.errors import UnauthorizedError
+from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
 from lipsync.settings import Settings
@@ -88,7 +88,7 @@ def begin_request() -> Response | None:
     if request.method == "OPTIONS" and request.headers.get("Origin"):
         return Response(status=204)  # CORS preflight; headers added in finish_request
     if settings.api_key and request.path not in PUBLIC_PATHS and not authorized(settings.api_key):
-        obs.REJECTED.labels("unauthorized").inc()
+        obs.REJECTED.labels(ErrorCode.UNAUTHORIZED.code).inc()
         raise UnauthorizedError("missing or wrong API key")
     return None
 
