@@ -29,6 +29,7 @@ import openvino as ov
 import audio
 from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
 from face_detection import s3fd as s3fd_module
+from lipsync.errors import ErrorCode, LipSyncError
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
 from lipsync.runtime.wav2lip import (
@@ -45,8 +46,10 @@ DETECTOR_NAME = "face_detection"
 DEFAULT_BATCH_SIZE = 16
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """A model's IR files are not in the models directory (the API answers 503)."""
+class ModelNotFoundError(LipSyncError, FileNotFoundError):
+    """A model's IR files are not in the models directory (code model_unavailable)."""
+
+    default_code = ErrorCode.MODEL_UNAVAILABLE
 
     def __init__(self, name: str, path: Path) -> None:
         super().__init__(f"model {name!r} is not installed (expected {path})")

@@ -2,10 +2,13 @@
 
 from face_detection.boxes import pad_box, smooth_boxes, validate_box
 from face_detection.s3fd import S3FDDetector
+from lipsync.errors import ErrorCode, InvalidInputError
 
 
-class FaceNotDetectedError(ValueError):
-    """No face scored above the detector threshold (the API answers 422)."""
+class FaceNotDetectedError(InvalidInputError):
+    """No face scored above the detector threshold (code face_not_detected)."""
+
+    default_code = ErrorCode.FACE_NOT_DETECTED
 
     def __init__(self, message: str, frame_index: int | None = None) -> None:
         super().__init__(message)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lipsync.errors import InvalidInputError
+
 # S3FD heads: one per feature map of stride 4, 8, ..., 128; each prior is a square anchor
 # of side 4 * stride centred on its cell.
 STRIDES = (4, 8, 16, 32, 64, 128)
@@ -165,12 +167,15 @@ def validate_box(
 ) -> tuple[int, int, int, int]:
     """Check an explicit face box `(top, bottom, left, right)` against an image shape."""
     if len(box) != 4:
-        raise ValueError(f"box must have 4 integers (top, bottom, left, right), got {box!r}")
+        raise InvalidInputError(
+            f"box must have 4 integers (top, bottom, left, right), got {box!r}", field="box"
+        )
     top, bottom, left, right = (int(v) for v in box)
     height, width = shape[:2]
     if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-        raise ValueError(
+        raise InvalidInputError(
             f"box {tuple(box)} (top, bottom, left, right) is empty or outside the "
-            f"{width}x{height} image"
+            f"{width}x{height} image",
+            field="box",
         )
     return top, bottom, left, right

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from inference_engine import PreparedFace
+from lipsync.errors import ErrorCode, InvalidFieldError
 from lipsync.options import RenderOptions
 from lipsync.util import timed
 
@@ -90,7 +91,11 @@ def avatar_id_for(data: bytes, options: RenderOptions) -> str:
 def check_avatar_id(avatar_id: str) -> str:
     """Refuse anything but 32 lowercase hex digits (ids become directory names)."""
     if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.fullmatch(avatar_id):
-        raise ValueError(f"avatar_id must be 32 lowercase hex digits, got {avatar_id!r}")
+        raise InvalidFieldError(
+            "avatar_id",
+            f"must be 32 lowercase hex digits, got {avatar_id!r}",
+            code=ErrorCode.INVALID_AVATAR_ID,
+        )
     return avatar_id
 
 

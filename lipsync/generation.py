@@ -15,7 +15,7 @@ import numpy as np
 
 import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
-from lipsync.errors import AudioError, ServiceError
+from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.media.encode import EncodedVideo, encode_video
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image
@@ -54,19 +54,21 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
         track, rate = audio.read_audio(data)
     except ValueError as exc:
         raise AudioError(
-            f"audio could not be decoded: {exc}", code="unsupported_audio", status=415
+            f"audio could not be decoded: {exc}", code=ErrorCode.UNSUPPORTED_AUDIO, field="audio"
         ) from exc
     if not settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate:
         raise AudioError(
             f"audio sample rate {rate} Hz is outside {settings.min_audio_sample_rate}.."
             f"{settings.max_audio_sample_rate} Hz",
-            code="unsupported_sample_rate",
+            code=ErrorCode.UNSUPPORTED_SAMPLE_RATE,
+            field="audio",
         )
     duration = len(track) / rate
     if duration > settings.max_audio_seconds:
         raise AudioError(
             f"audio is {duration:.1f} s long; the maximum is {settings.max_audio_seconds:g} s",
-            code="audio_too_long",
+            code=ErrorCode.AUDIO_TOO_LONG,
+            field="audio",
         )
     return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
 
@@ -74,7 +76,7 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
 def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | None]:
     """Image or video bytes -> ((M, H, W, 3) uint8 BGR frames, the video's fps or None).
 
-    MediaError when the data is not usable; ServiceError for a frame rate out of range.
+    MediaError when the data is not usable; InvalidInputError for a frame rate out of range.
     """
     if sniff_media(data) != "video":
         return decode_image(data, max_pixels=settings.max_image_pixels)[None], None
@@ -85,10 +87,9 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
         max_duration_s=settings.max_video_seconds,
     )
     if not 1 <= video.fps <= MAX_FPS:
-        raise ServiceError(
+        raise InvalidInputError(
             f"video frame rate {video.fps:g} is outside 1..{MAX_FPS:g} fps",
-            code="invalid_video",
-            status=422,
+            code=ErrorCode.INVALID_VIDEO,
         )
     return np.stack(video.frames), video.fps
 
@@ -101,7 +102,8 @@ def speech_mel_windows(speech: Speech, fps: float) -> audio.MelWindows:
         raise AudioError(
             f"audio is {speech.duration * 1000:.0f} ms long; at least one video frame "
             f"({1000 / fps:.0f} ms) is needed",
-            code="audio_too_short",
+            code=ErrorCode.AUDIO_TOO_SHORT,
+            field="audio",
         )
     return audio.MelWindows(audio.melspectrogram(speech.model_input), fps, num_frames)
 

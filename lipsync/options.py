@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lipsync.errors import InvalidFieldError
+
 # The Wav2Lip generators a request can choose: the base model and the GAN-trained one.
 GENERATOR_NAMES = ("wav2lip", "wav2lip_gan")
 DEFAULT_PADS = (0, 10, 0, 0)
@@ -33,18 +35,23 @@ class RenderOptions:
     fill_missing_faces: bool = False
 
     def __post_init__(self) -> None:
+        """InvalidFieldError (a ValueError) naming the first option out of range."""
         if not (isinstance(self.fps, int | float) and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be a number, got {self.fps!r}")
+            raise InvalidFieldError("fps", f"must be a number, got {self.fps!r}")
         if not 1.0 <= self.fps <= MAX_FPS:
-            raise ValueError(f"fps must be between 1 and {MAX_FPS:g}, got {self.fps!r}")
+            raise InvalidFieldError("fps", f"must be between 1 and {MAX_FPS:g}, got {self.fps!r}")
         if len(self.pads) != 4 or any(
             not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in self.pads
         ):
-            raise ValueError(f"pads must be 4 non-negative integers, got {self.pads!r}")
+            raise InvalidFieldError("pads", f"must be 4 non-negative integers, got {self.pads!r}")
         if self.box is not None and (
             len(self.box) != 4
             or any(not isinstance(v, int) or isinstance(v, bool) for v in self.box)
         ):
-            raise ValueError(f"box must be 4 integers (top, bottom, left, right), got {self.box!r}")
+            raise InvalidFieldError(
+                "box", f"must be 4 integers (top, bottom, left, right), got {self.box!r}"
+            )
         if self.model not in GENERATOR_NAMES:
-            raise ValueError(f"model must be one of {GENERATOR_NAMES}, got {self.model!r}")
+            raise InvalidFieldError(
+                "model", f"must be one of {GENERATOR_NAMES}, got {self.model!r}"
+            )

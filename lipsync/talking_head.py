@@ -9,12 +9,10 @@ head.cleanup()
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import openvino as ov
 import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
 from lipsync import generation
-from lipsync.errors import ServiceError
+from lipsync.errors import InvalidFieldError
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image
 from lipsync.options import DEFAULT_PADS, RenderOptions
@@ -36,22 +34,15 @@ CONTAINERS = {".webm": "webm", ".mp4": "mp4"}
 CALIBRATION_SECONDS = 1.0
 
 
-@contextlib.contextmanager
-def _plain_errors() -> Iterator[None]:
-    """The service's HTTP-flavoured refusals (ServiceError) become plain ValueErrors here."""
-    try:
-        yield
-    except ServiceError as exc:
-        raise ValueError(exc.message) from exc
-
-
 class Wav2LipTalkingHead:
     """A talking head for one avatar image.
 
-    Raises FileNotFoundError when the image or the models directory does not exist, and
-    ValueError for an unknown `quality_mode` ("standard" = wav2lip, "high" = wav2lip_gan)
-    or an image that cannot be decoded. `model_path` is the directory of converted models
-    (default: the service's `models/`).
+    Raises FileNotFoundError when the image or the models directory does not exist (and
+    for a missing model, `inference_engine.ModelNotFoundError`), and ValueError (a
+    `lipsync.errors.InvalidInputError` with `.code` and `.field`, or a media error) for an
+    unknown `quality_mode` ("standard" = wav2lip, "high" = wav2lip_gan), an image that
+    cannot be decoded, unusable audio or options out of range. `model_path` is the
+    directory of converted models (default: the service's `models/`).
     """
 
     def __init__(
@@ -66,8 +57,8 @@ class Wav2LipTalkingHead:
         box: tuple[int, int, int, int] | None = None,
     ) -> None:
         if quality_mode not in QUALITY_MODELS:
-            raise ValueError(
-                f"quality_mode must be one of {list(QUALITY_MODELS)}, got {quality_mode!r}"
+            raise InvalidFieldError(
+                "quality_mode", f"must be one of {list(QUALITY_MODELS)}, got {quality_mode!r}"
             )
         self.avatar_image_path = Path(avatar_image_path)
         if not self.avatar_image_path.is_file():
@@ -115,13 +106,12 @@ class Wav2LipTalkingHead:
         audio_path, output_path = Path(audio_path), Path(output_path)
         container = CONTAINERS.get(output_path.suffix.lower())
         if container is None:
-            raise ValueError(
-                f"output_path must end in {list(CONTAINERS)}, got {output_path.name!r}"
+            raise InvalidFieldError(
+                "output_path", f"must end in {list(CONTAINERS)}, got {output_path.name!r}"
             )
         if not audio_path.is_file():
             raise FileNotFoundError(f"audio file not found: {audio_path}")
-        with _plain_errors():
-            speech = generation.decode_speech(audio_path.read_bytes(), self.settings)
+        speech = generation.decode_speech(audio_path.read_bytes(), self.settings)
         result = self._render(speech, fps, container, include_audio)
         self._write_atomically(output_path, result.video.data)
         return str(output_path)
@@ -133,7 +123,9 @@ class Wav2LipTalkingHead:
         rendering a short silent clip in memory (and detects the face if not done yet).
         """
         if not audio_duration > 0:
-            raise ValueError(f"audio_duration must be > 0 seconds, got {audio_duration!r}")
+            raise InvalidFieldError(
+                "audio_duration", f"must be > 0 seconds, got {audio_duration!r}"
+            )
         if self._seconds_per_frame is None:
             silence = np.zeros(int(CALIBRATION_SECONDS * audio.SAMPLE_RATE), np.float32)
             self._render(generation.Speech(silence, audio.SAMPLE_RATE, silence), fps, "webm", True)
@@ -174,16 +166,15 @@ class Wav2LipTalkingHead:
     def _render(self, speech: generation.Speech, fps: float, container: str, include_audio: bool):
         options = dataclasses.replace(self.options, fps=fps)
         self.preprocess_avatar()
-        with _plain_errors():
-            start = time.perf_counter()
-            result = generation.generate(
-                self.engine,
-                self._prepared,
-                speech,
-                options,
-                EncodeOptions(container=container),
-                include_audio=include_audio,
-            )
+        start = time.perf_counter()
+        result = generation.generate(
+            self.engine,
+            self._prepared,
+            speech,
+            options,
+            EncodeOptions(container=container),
+            include_audio=include_audio,
+        )
         self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)
         return result
 

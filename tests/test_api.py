@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +225,41 @@ def test_missing_models_are_503_with_the_fix(tmp_path, image_b64, short_audio):
 def test_unknown_routes_and_methods_are_json(client):
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/api/generate"), 405, "method_not_allowed")
+
+
+def test_an_internal_value_error_is_a_logged_500(
+    client, image_b64, short_audio, monkeypatch, caplog
+):
+    """A bug deep in generation (a numpy-style ValueError) is the server's fault: 500
+    internal_error naming the request id, logged with its traceback, its text not shown."""
+    secret = "operands could not be broadcast together with shapes (80,16) (3,)"
+
+    def broken(*args, **kwargs):
+        raise ValueError(secret)
+
+    monkeypatch.setattr("audio.melspectrogram", broken)
+    with caplog.at_level(logging.ERROR):
+        response = client.post(
+            "/api/generate",
+            json=body(image_b64, short_audio),
+            headers={"X-Request-ID": "req-bug-42"},
+        )
+    assert_error(response, 500, "internal_error")
+    message = response.get_json()["error"]["message"]
+    assert "req-bug-42" in message and secret not in message and "ValueError" not in message
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert logged, "the failure was not logged"
+    assert "req-bug-42" in logged[0].getMessage()
+    assert isinstance(logged[0].exc_info[1], ValueError)
+
+
+def test_docs_are_served_locally(client):
+    page = client.get("/docs/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "/openapi.json" in html and "swagger-ui-bundle.js" in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "a remote asset"
+    for asset in re.findall(r"""(?:src|href)=["']([^"']+)["']""", html):
+        served = client.get(f"/docs/{asset}")
+        assert served.status_code == 200 and served.get_data(), asset
+    assert client.get("/docs").status_code in (301, 308)  # to /docs/

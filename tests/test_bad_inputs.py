@@ -429,3 +429,88 @@ def test_refused_registrations_leave_nothing_on_disk(untrained_models, tmp_path,
     assert all(status >= 400 for status in statuses), statuses
     assert sorted(p.name for p in avatar_dir.iterdir()) == []
     assert client.get("/api/avatars").get_json() == {"avatars": []}
+
+
+# -- bodies that once reached a 500 --------------------------------------------------------
+# An integer beyond float range in a number field raised OverflowError, and JSON nested
+# deeper than the parser's recursion limit (in the body, or in a form's `pads`/`box` text)
+# raised RecursionError, which Werkzeug's silent get_json does not catch.
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/avatars"])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"fps": 10**400}, "fps"),
+        ({"fps": -(10**400)}, "fps"),
+        ({"fps": "1e400"}, "fps"),
+        ({"fps": "1" + "0" * 400}, "fps"),
+        ({"pads": [0, -(10**30), 0, 0]}, "pads"),
+        ({"box": "0," + "9" * 5000 + ",0,10"}, "box"),
+    ],
+    ids=repr,
+)
+def test_numbers_beyond_range_are_400(client, face_jpeg, speech, path, overrides, field):
+    body = {"image": b64(face_jpeg), "audio": b64(speech), "box": list(FACE_BOX), **overrides}
+    assert_error(client.post(path, json=body), 400, "invalid_field", field)
+
+
+def test_box_beyond_any_image_is_422(client, face_jpeg, speech):
+    response = generate(client, face_jpeg, speech, box=[0, 10**30, 0, 10])
+    assert_error(response, 422, "invalid_input", "box")
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/avatars"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+        b'{"image": "AAAA", "extra": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"fps": "\xff\xfe"}',  # not UTF-8
+        b'{"fps": 1' + b"0" * 5000 + b"}",  # beyond Python's integer-digits limit
+    ],
+    ids=["deep_array", "deep_object", "deep_field", "not_utf8", "5000_digits"],
+)
+def test_json_the_parser_cannot_read_is_400(client, path, data):
+    response = client.post(path, data=data, content_type="application/json")
+    assert_error(response, 400, "invalid_json")
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_json_literals_are_400(client, face_jpeg, speech, literal):
+    body = b'{"image": "%s", "audio": "%s", "fps": %s}' % (
+        b64(face_jpeg).encode(),
+        b64(speech).encode(),
+        literal,
+    )
+    response = client.post("/api/generate", data=body, content_type="application/json")
+    assert_error(response, 400, "invalid_field", "fps")
+
+
+@pytest.mark.parametrize("field", ["pads", "box"])
+@pytest.mark.parametrize(
+    "text", ["[" * DEEP + "]" * DEEP, "0," + "9" * 5000 + ",0,0"], ids=["deep", "5000_digits"]
+)
+def test_form_lists_the_parser_cannot_read_are_400(client, face_jpeg, speech, field, text):
+    data = {
+        "image": (io.BytesIO(face_jpeg), "face.jpg"),
+        "audio": (io.BytesIO(speech), "speech.wav"),
+        field: text,
+    }
+    response = client.post("/api/generate", data=data, content_type="multipart/form-data")
+    assert_error(response, 400, "invalid_field", field)
+
+
+@pytest.mark.parametrize("field", ["fps", "pads", "smooth", "model", "avatar_id", "response"])
+def test_a_file_where_text_belongs_is_400(client, face_jpeg, speech, field):
+    data = {
+        "image": (io.BytesIO(face_jpeg), "face.jpg"),
+        "audio": (io.BytesIO(speech), "speech.wav"),
+        field: (io.BytesIO(b"25"), "value.txt"),
+    }
+    response = client.post("/api/generate", data=data, content_type="multipart/form-data")
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["field"] == field

@@ -22,6 +22,7 @@ from media_helpers import (
 )
 from PIL import Image
 
+from lipsync.errors import ErrorCode
 from lipsync.media import images
 from lipsync.media.errors import MediaError, MediaTooLargeError, UnsupportedMediaError
 from lipsync.media.images import decode_image, read_image_size
@@ -34,11 +35,11 @@ def test_error_classes_and_codes() -> None:
     assert issubclass(MediaError, ValueError)
     assert issubclass(UnsupportedMediaError, MediaError)
     assert issubclass(MediaTooLargeError, MediaError)
-    assert UnsupportedMediaError("x").code == "unsupported_media"
-    assert MediaTooLargeError("x", code="video_too_long").code == "video_too_long"
-    assert MediaTooLargeError("x").code == "media_too_large"
-    assert MediaError("x").code == "invalid_media"
-    assert str(MediaTooLargeError("too big", code="image_too_large")) == "too big"
+    assert UnsupportedMediaError("x").code is ErrorCode.UNSUPPORTED_MEDIA
+    assert MediaTooLargeError("x", code=ErrorCode.VIDEO_TOO_LONG).code is ErrorCode.VIDEO_TOO_LONG
+    assert MediaTooLargeError("x").code is ErrorCode.MEDIA_TOO_LARGE
+    assert MediaError("x").code is ErrorCode.INVALID_MEDIA
+    assert str(MediaTooLargeError("too big", code=ErrorCode.IMAGE_TOO_LARGE)) == "too big"
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".gif", ".bmp"])
@@ -173,7 +174,7 @@ def test_decode_image_exact_pixel_limit() -> None:
     assert decode_image(data, max_pixels=100).shape == (10, 10, 3)
     with pytest.raises(MediaTooLargeError) as info:
         decode_image(data, max_pixels=99)
-    assert info.value.code == "image_too_large"
+    assert info.value.code is ErrorCode.IMAGE_TOO_LARGE
 
 
 @pytest.mark.parametrize(
@@ -200,7 +201,7 @@ def test_decompression_bomb_refused_from_header(data: bytes) -> None:
     # code (decoding would fail as unsupported_media).
     with pytest.raises(MediaTooLargeError) as info:
         decode_image(data, max_pixels=4096 * 4096)
-    assert info.value.code == "image_too_large"
+    assert info.value.code is ErrorCode.IMAGE_TOO_LARGE
 
 
 def gif_with_frame_outside_canvas(width: int, height: int) -> bytes:
@@ -219,7 +220,7 @@ def test_pillow_bomb_limit_is_not_the_limit(action: str) -> None:
             assert read_image_size(data) == (10_000, 10_000)
         with pytest.raises(MediaTooLargeError) as info:
             decode_image(data, max_pixels=4096 * 4096)
-    assert info.value.code == "image_too_large"
+    assert info.value.code is ErrorCode.IMAGE_TOO_LARGE
 
 
 def test_pillow_bomb_error_is_image_too_large() -> None:
@@ -229,7 +230,7 @@ def test_pillow_bomb_error_is_image_too_large() -> None:
     data += (side - 1).to_bytes(3, "little") * 2
     with pytest.raises(MediaTooLargeError) as info:
         read_image_size(data)
-    assert info.value.code == "image_too_large"
+    assert info.value.code is ErrorCode.IMAGE_TOO_LARGE
 
 
 def test_read_image_size_of_crafted_headers() -> None:
@@ -270,7 +271,7 @@ def test_jpeg_completeness_check() -> None:
 def test_zero_size_image_is_unsupported(data: bytes) -> None:
     with pytest.raises(UnsupportedMediaError) as info:
         decode_image(data, max_pixels=BIG)
-    assert info.value.code == "unsupported_media"
+    assert info.value.code is ErrorCode.UNSUPPORTED_MEDIA
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".bmp", ".gif"])
@@ -307,7 +308,7 @@ def test_truncated_image_is_unsupported(ext: str, fraction: float) -> None:
 def test_corrupt_or_unknown_image_is_unsupported(data: bytes) -> None:
     with pytest.raises(UnsupportedMediaError) as info:
         decode_image(data, max_pixels=BIG)
-    assert info.value.code == "unsupported_media"
+    assert info.value.code is ErrorCode.UNSUPPORTED_MEDIA
 
 
 def test_video_bytes_are_not_an_image() -> None:

@@ -14,6 +14,7 @@ from media_helpers import (
     smooth_image,
 )
 
+from lipsync.errors import ErrorCode
 from lipsync.media import video as media_video
 from lipsync.media.errors import MediaTooLargeError, UnsupportedMediaError
 from lipsync.media.video import DecodedVideo, decode_video
@@ -51,7 +52,7 @@ def test_decode_video_too_many_frames_declared() -> None:
     data, _ = make_clip("mp4", "libx264")  # mp4 declares its frame count
     with pytest.raises(MediaTooLargeError) as info:
         decode_video(data, max_frames=11, max_pixels=BIG, max_duration_s=60)
-    assert info.value.code == "video_too_long"
+    assert info.value.code is ErrorCode.VIDEO_TOO_LONG
 
 
 def test_decode_video_too_many_frames_while_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +67,7 @@ def test_decode_video_too_many_frames_while_decoding(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(media_video, "_upright", spy)
     with pytest.raises(MediaTooLargeError) as info:
         decode_video(data, max_frames=5, max_pixels=BIG, max_duration_s=60)
-    assert info.value.code == "video_too_long"
+    assert info.value.code is ErrorCode.VIDEO_TOO_LONG
     assert len(decoded) == 5  # stopped right after the limit, not after decoding all
 
 
@@ -74,14 +75,14 @@ def test_decode_video_too_long() -> None:
     data, _ = make_clip("webm", "libvpx-vp9")
     with pytest.raises(MediaTooLargeError) as info:
         decode_video(data, max_frames=100, max_pixels=BIG, max_duration_s=0.2)
-    assert info.value.code == "video_too_long"
+    assert info.value.code is ErrorCode.VIDEO_TOO_LONG
 
 
 def test_decode_video_too_many_pixels() -> None:
     data, _ = make_clip("mp4", "libx264")
     with pytest.raises(MediaTooLargeError) as info:
         decode_video(data, max_frames=100, max_pixels=64 * 48 - 1, max_duration_s=60)
-    assert info.value.code == "video_too_large"
+    assert info.value.code is ErrorCode.VIDEO_TOO_LARGE
 
 
 def test_decode_video_applies_rotation_metadata() -> None:
@@ -112,7 +113,7 @@ def test_decode_video_applies_rotation_metadata() -> None:
 def test_decode_video_garbage(data: bytes) -> None:
     with pytest.raises(UnsupportedMediaError) as info:
         decode_video(data, max_frames=100, max_pixels=BIG, max_duration_s=60)
-    assert info.value.code == "unsupported_media"
+    assert info.value.code is ErrorCode.UNSUPPORTED_MEDIA
 
 
 def test_decode_video_truncated_mp4() -> None:

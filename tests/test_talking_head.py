@@ -7,6 +7,7 @@ import pytest
 from conftest import ASSETS, FACE_BOX
 from media_helpers import probe_video
 
+from lipsync.errors import AudioError, ErrorCode, InvalidFieldError, InvalidInputError
 from lipsync.talking_head import Wav2LipTalkingHead
 
 SPEECH = ASSETS / "speech.wav"
@@ -98,3 +99,32 @@ def test_cleanup_releases_the_engine(untrained_models, tmp_path):
     head.cleanup()
     with pytest.raises(RuntimeError, match="cleaned up"):
         head.generate(SPEECH, tmp_path / "x.webm")
+
+
+def test_errors_are_typed_and_untranslated(untrained_models, head, tmp_path):
+    """The library's own errors reach the integrator as they were raised: ValueErrors that
+    carry their code and field, and a missing model as a FileNotFoundError."""
+    (tmp_path / "noise.wav").write_bytes(b"RIFF1234WAVEnope")
+    with pytest.raises(AudioError) as bad_audio:
+        head.generate(tmp_path / "noise.wav", tmp_path / "x.webm")
+    assert isinstance(bad_audio.value, ValueError)
+    assert (bad_audio.value.code, bad_audio.value.field) == (ErrorCode.UNSUPPORTED_AUDIO, "audio")
+    with pytest.raises(InvalidFieldError) as bad_fps:
+        head.generate(SPEECH, tmp_path / "x.webm", fps=0)
+    assert (bad_fps.value.code, bad_fps.value.field) == (ErrorCode.INVALID_FIELD, "fps")
+    outside = Wav2LipTalkingHead(
+        ASSETS / "face.jpg", model_path=untrained_models, box=(0, 600, 0, 10)
+    )
+    with pytest.raises(InvalidInputError) as bad_box:
+        outside.preprocess_avatar()
+    assert (bad_box.value.code, bad_box.value.field) == (ErrorCode.INVALID_INPUT, "box")
+    only_detector = tmp_path / "models"
+    only_detector.mkdir()
+    for ext in (".xml", ".bin"):
+        (only_detector / f"face_detection{ext}").symlink_to(
+            untrained_models / f"face_detection{ext}"
+        )
+    missing = Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=only_detector, box=FACE_BOX)
+    with pytest.raises(FileNotFoundError) as no_model:
+        missing.generate(SPEECH, tmp_path / "x.webm")
+    assert no_model.value.code is ErrorCode.MODEL_UNAVAILABLE

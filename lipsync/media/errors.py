@@ -1,27 +1,24 @@
-"""Typed errors for rejected client media; the HTTP layer maps them to 413 or 415."""
+"""Typed errors for rejected client media: invalid input with a media error code."""
 
 from __future__ import annotations
 
+from lipsync.errors import ErrorCode, InvalidInputError
 
-class MediaError(ValueError):
-    """A client-supplied medium was rejected; `code` is a stable machine-readable reason."""
 
-    code: str = "invalid_media"
+class MediaError(InvalidInputError):
+    """A client-supplied medium was rejected; `code` says why."""
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
+    default_code = ErrorCode.INVALID_MEDIA
 
 
 class UnsupportedMediaError(MediaError):
     """Not an image/video we can read: unknown format, corrupt, truncated or empty."""
 
-    code = "unsupported_media"
+    default_code = ErrorCode.UNSUPPORTED_MEDIA
 
 
 class MediaTooLargeError(MediaError):
-    """Within the limits no more: codes "image_too_large", "video_too_large" (pixels per
-    frame) or "video_too_long" (frames or duration)."""
+    """Over a limit: IMAGE_TOO_LARGE, VIDEO_TOO_LARGE (pixels per frame) or VIDEO_TOO_LONG
+    (frames or duration)."""
 
-    code = "media_too_large"
+    default_code = ErrorCode.MEDIA_TOO_LARGE

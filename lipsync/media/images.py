@@ -24,6 +24,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from lipsync.errors import ErrorCode
 from lipsync.media.checks import check_limit
 from lipsync.media.errors import MediaTooLargeError, UnsupportedMediaError
 from lipsync.media.sniff import ImageFormat, image_format
@@ -59,7 +60,7 @@ def read_image_size(data: bytes) -> tuple[int, int]:
         with _HEADER_READERS[fmt](io.BytesIO(data)) as image:
             return image.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaTooLargeError(f"{fmt} image: {exc}", code="image_too_large") from exc
+        raise MediaTooLargeError(f"{fmt} image: {exc}", code=ErrorCode.IMAGE_TOO_LARGE) from exc
     except _HEADER_ERRORS as exc:
         raise UnsupportedMediaError(f"truncated or corrupt {fmt} header") from exc
 
@@ -88,7 +89,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     if width * height > max_pixels:
         raise MediaTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}",
-            code="image_too_large",
+            code=ErrorCode.IMAGE_TOO_LARGE,
         )
     if fmt == "jpeg" and not _jpeg_is_complete(data):
         raise UnsupportedMediaError("truncated JPEG image")
@@ -99,5 +100,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise UnsupportedMediaError(f"corrupt or unreadable {fmt} image")
     if image.shape[0] * image.shape[1] > max_pixels:  # header lied about the size
-        raise MediaTooLargeError("decoded image exceeds the pixel limit", code="image_too_large")
+        raise MediaTooLargeError(
+            "decoded image exceeds the pixel limit", code=ErrorCode.IMAGE_TOO_LARGE
+        )
     return np.ascontiguousarray(image)

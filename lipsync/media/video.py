@@ -17,6 +17,7 @@ from typing import Any
 import av
 import numpy as np
 
+from lipsync.errors import ErrorCode
 from lipsync.media.checks import check_limit
 from lipsync.media.errors import MediaError, MediaTooLargeError, UnsupportedMediaError
 from lipsync.media.sniff import video_demuxer
@@ -131,12 +132,12 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise MediaTooLargeError(
             f"video frames are {width}x{height} = {width * height} pixels, limit is {max_pixels}",
-            code="video_too_large",
+            code=ErrorCode.VIDEO_TOO_LARGE,
         )
 
 
 def _too_long(what: str) -> MediaTooLargeError:
-    return MediaTooLargeError(f"video is too long: {what}", code="video_too_long")
+    return MediaTooLargeError(f"video is too long: {what}", code=ErrorCode.VIDEO_TOO_LONG)
 
 
 def _decode_frames(

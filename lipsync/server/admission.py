@@ -15,28 +15,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from lipsync.errors import ServiceError
+from lipsync.errors import ErrorCode, LipSyncError
 
 
-class OverloadedError(ServiceError):
-    status = 503
-    code = "overloaded"
+class OverloadedError(LipSyncError):
+    """No generation slot: refused, to be retried after `retry_after` seconds."""
+
+    default_code = ErrorCode.OVERLOADED
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class DeadlineExceededError(ServiceError):
-    status = 504
-    code = "timeout"
+class DeadlineExceededError(LipSyncError):
+    default_code = ErrorCode.TIMEOUT
 
 
-class ClientDisconnectedError(ServiceError):
+class ClientDisconnectedError(LipSyncError):
     """The client closed the connection; nobody is left to answer (logged as 499)."""
 
-    status = 499
-    code = "client_disconnected"
+    default_code = ErrorCode.CLIENT_DISCONNECTED
 
 
 class AdmissionController:

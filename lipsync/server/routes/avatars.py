@@ -1,0 +1,90 @@
+"""Avatars: faces registered once (detection runs then), reused by id."""
+
+from __future__ import annotations
+
+from flask import g, jsonify, request
+from flask_openapi3 import APIBlueprint
+
+from lipsync.avatars import Avatar
+from lipsync.errors import NotFoundError
+from lipsync.server.openapi import LIMITS, errors, ok, operation
+from lipsync.server.parsing import parse_request
+from lipsync.server.schemas import Avatar as AvatarModel
+from lipsync.server.schemas import (
+    AvatarList,
+    AvatarPath,
+    Deleted,
+    RegisterAvatarRequest,
+    RegisteredAvatar,
+)
+from lipsync.server.service import service
+
+avatars = APIBlueprint("avatars", __name__)
+
+
+def lookup_avatar(avatar_id: str) -> Avatar:
+    """The stored avatar; NotFoundError (404) for an unknown id."""
+    avatar = service().store.get(avatar_id)
+    if avatar is None:
+        raise not_found(avatar_id)
+    return avatar
+
+
+def not_found(avatar_id: str) -> NotFoundError:
+    return NotFoundError(f"avatar {avatar_id} not found", field="avatar_id")
+
+
+@avatars.post(
+    "/api/avatars",
+    **operation(
+        "registerAvatar",
+        "Register a face once (detection runs now), reuse it by id",
+        "avatars",
+        body=RegisterAvatarRequest,
+    ),
+    description="The id is derived from the file's bytes and the face options, so registering "
+    "the same file again returns the same id. " + LIMITS,
+    responses={
+        "200": ok("Already registered (same bytes and options).", RegisteredAvatar),
+        "201": ok("Registered.", RegisteredAvatar),
+        **errors(400, 413, 415, 422, 500, 503, 504),
+    },
+)
+def register_avatar():
+    svc = service()
+    svc.admission.refuse_if_saturated()
+    req = parse_request(request, RegisterAvatarRequest)
+    options = req.render_options(svc.settings.fill_missing_faces)
+    with svc.admission.slot():  # detection on a video is as costly as a generation
+        avatar, created = svc.store.get_or_create(req.face, options, persist=True)
+    g.log_extra = {"avatar_id": avatar.avatar_id}
+    return jsonify({**avatar.meta(), "created": created}), 201 if created else 200
+
+
+@avatars.get(
+    "/api/avatars",
+    **operation("listAvatars", "Every stored avatar, newest first", "avatars"),
+    responses={"200": ok("The avatars.", AvatarList), **errors(500)},
+)
+def list_avatars():
+    return jsonify({"avatars": service().store.list()})
+
+
+@avatars.get(
+    "/api/avatars/<avatar_id>",
+    **operation("getAvatar", "One avatar's metadata", "avatars"),
+    responses={"200": ok("The avatar.", AvatarModel), **errors(400, 404, 500)},
+)
+def get_avatar(path: AvatarPath):
+    return jsonify(lookup_avatar(path.avatar_id).meta())
+
+
+@avatars.delete(
+    "/api/avatars/<avatar_id>",
+    **operation("deleteAvatar", "Forget an avatar (memory and disk)", "avatars"),
+    responses={"200": ok("Deleted.", Deleted), **errors(400, 404, 500)},
+)
+def delete_avatar(path: AvatarPath):
+    if not service().store.delete(path.avatar_id):
+        raise not_found(path.avatar_id)
+    return jsonify({"success": True, "avatar_id": path.avatar_id, "deleted": True})

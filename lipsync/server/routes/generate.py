@@ -1,0 +1,112 @@
+"""POST /api/generate: lip-sync a face (image, video or avatar) to speech."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any
+
+from flask import Response, g, jsonify, request
+from flask_openapi3 import APIBlueprint
+
+from lipsync import generation
+from lipsync.media.encode_options import EncodeOptions
+from lipsync.server import observability as obs
+from lipsync.server.admission import Deadline
+from lipsync.server.openapi import LIMITS, VIDEO_HEADERS, errors, ok, operation
+from lipsync.server.parsing import parse_request, response_mode
+from lipsync.server.routes.avatars import lookup_avatar
+from lipsync.server.schemas import GenerateRequest, GenerateResult
+from lipsync.server.service import service
+
+generate = APIBlueprint("generate", __name__)
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+VIDEO_200 = ok(
+    "The lip-synced video. JSON by default; the video file itself when `Accept` prefers "
+    "`video/webm` / `video/mp4` (the container follows unless `format` is given) or "
+    "`response` is `binary`, with its metadata in `X-*` headers.",
+    content={
+        "application/json": {"schema": {"$ref": "#/components/schemas/GenerateResult"}},
+        "video/webm": BINARY,
+        "video/mp4": BINARY,
+    },
+    headers=tuple(VIDEO_HEADERS),
+)
+
+
+@generate.post(
+    "/api/generate",
+    **operation(
+        "generate",
+        "Lip-sync a face (image, video or avatar) to speech",
+        "generate",
+        body=GenerateRequest,
+    ),
+    description="The video has `ceil(speech_seconds × fps)` frames and the speech as its audio "
+    "track. Odd image sizes lose their last row/column. Requests beyond the worker's "
+    "generation slots and queue get 503 `overloaded` with `Retry-After`; a generation over "
+    "the time limit gets 504 `timeout`. " + LIMITS,
+    responses={"200": VIDEO_200, **errors(400, 404, 413, 415, 422, 500, 503, 504)},
+)
+def generate_video():
+    svc = service()
+    settings = svc.settings
+    svc.admission.refuse_if_saturated()  # before spending time on a body we would refuse
+    deadline = Deadline(settings.request_timeout_s, request.environ.get("gunicorn.socket"))
+    req = parse_request(request, GenerateRequest)
+    binary, accepted_container = response_mode(request, req.response)
+    fmt = req.format or accepted_container or settings.default_format
+    options = req.render_options(settings.fill_missing_faces)
+    speech = generation.decode_speech(req.audio, settings)
+    timings: dict[str, float] = {}
+    with svc.admission.slot():
+        deadline.check()
+        if req.avatar_id is not None:
+            avatar = lookup_avatar(req.avatar_id)
+        else:
+            avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
+        if avatar.fps is not None:
+            options = dataclasses.replace(options, fps=avatar.fps)
+        result = generation.generate(
+            svc.engine,
+            avatar.prepared,
+            speech,
+            options,
+            EncodeOptions(container=fmt),
+            timings,
+            check=deadline.check,
+        )
+    obs.observe_generation(result.timings_ms, result.video.num_frames)
+    return answer(result, avatar.avatar_id, binary)
+
+
+def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:
+    """The video as JSON (base64 and metadata) or as a file with X-* metadata headers."""
+    meta = {
+        "mime_type": result.video.mime_type,
+        "num_frames": result.video.num_frames,
+        "duration": round(result.video.duration, 3),
+        "fps": result.fps,
+        "width": result.video.width,
+        "height": result.video.height,
+        "avatar_id": avatar_id,
+        "timings_ms": result.timings_ms,
+    }
+    g.log_extra = {
+        "avatar_id": avatar_id,
+        "num_frames": meta["num_frames"],
+        "timings_ms": result.timings_ms,
+    }
+    if binary:
+        headers = {
+            f"X-{key.title().replace('_', '-')}": _header(value) for key, value in meta.items()
+        }
+        return Response(result.video.data, mimetype=result.video.mime_type, headers=headers)
+    video = base64.b64encode(result.video.data).decode("ascii")
+    return jsonify(GenerateResult(success=True, video=video, **meta).model_dump())
+
+
+def _header(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)

@@ -1,0 +1,288 @@
+"""The API's request and response models, declared once.
+
+The app validates JSON and form requests with these models (`lipsync/server/parsing.py`)
+and the OpenAPI document takes their JSON Schema (`lipsync/server/openapi.py`). A new
+request field is one line in a request model (plus its handling in the route).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from lipsync.errors import ErrorCode
+from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, MAX_FPS, RenderOptions
+from lipsync.server.fields import AVATAR_ID_REGEX, AvatarId, choice, flag, int_list, media, number
+from lipsync.server.fields import refuse as _refuse
+from lipsync.settings import FORMATS
+
+MAX_FPS_DOC = int(MAX_FPS) if float(MAX_FPS).is_integer() else MAX_FPS
+ONE_FACE = [{"required": ["image"]}, {"required": ["video"]}]
+
+
+def _missing(field: str, what: str) -> Exception:
+    return _refuse(f"{field}: is required ({what})", code=ErrorCode.MISSING_FIELD)
+
+
+class FaceOptions(BaseModel):
+    """How the face is found and cropped; part of an avatar's identity."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pads: int_list(
+        "[top, bottom, left, right] extra pixels around the detected face",
+        unsigned=True,
+        default=list(DEFAULT_PADS),
+    ) = None
+    box: int_list(
+        "explicit face box [top, bottom, left, right]: skips detection; it must lie inside "
+        "the image (else 422 `invalid_input`)",
+        unsigned=False,
+        default=None,
+    ) = None
+    smooth: flag("average face boxes over 5 frames (videos)", default=True) = None
+
+
+class RenderFields(BaseModel):
+    """How the video is made; validated on registration too, but not stored."""
+
+    fps: number(
+        1,
+        MAX_FPS_DOC,
+        f"output frame rate for an image (1..{MAX_FPS_DOC}); a video (or video avatar) "
+        "keeps its own rate",
+        default=25,
+    ) = None
+    format: choice(
+        FORMATS,
+        "WebM = VP9 + Opus; MP4 = H.264 + AAC (faststart). Without it, a video `Accept` "
+        "header chooses the container.",
+        default=FORMATS[0],
+    ) = None
+    model: choice(GENERATOR_NAMES, "generator weights", default=GENERATOR_NAMES[0]) = None
+
+    def render_options(self, fill_missing_faces: bool) -> RenderOptions:
+        """The library's options: given fields, defaults for the rest."""
+        given = {
+            name: getattr(self, name)
+            for name in ("fps", "pads", "box", "smooth", "model")
+            if getattr(self, name, None) is not None
+        }
+        for name in ("pads", "box"):
+            if name in given:
+                given[name] = tuple(given[name])
+        return RenderOptions(**given, fill_missing_faces=fill_missing_faces)
+
+
+FACE_DOC = "JPEG/PNG/WebP/BMP/GIF face image, or an MP4/WebM/MOV face video."
+
+
+class RegisterAvatarRequest(RenderFields, FaceOptions):
+    """An image or a short face video, and the face options. The render options (`fps`,
+    `format`, `model`) are validated but not stored."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": ONE_FACE})
+
+    image: media(FACE_DOC) = None
+    video: media("The same as `image` (either name works for either kind).") = None
+
+    @property
+    def face(self) -> bytes | None:
+        return self.image or self.video
+
+    @model_validator(mode="after")
+    def _needs_a_face(self) -> RegisterAvatarRequest:
+        if self.face is None and not self._face_optional():
+            raise _missing("image", "base64 image/video, a file upload, or avatar_id")
+        return self
+
+    def _face_optional(self) -> bool:
+        return False
+
+
+class GenerateRequest(RegisterAvatarRequest):
+    """Only `audio` and one of `image` / `video` / `avatar_id` are required; unknown fields
+    are ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "required": ["audio"],
+            "anyOf": [*ONE_FACE, {"required": ["avatar_id"]}],
+        },
+    )
+
+    audio: media(
+        "Speech: WAV of any layout (8/16/24/32-bit int, float; mono or multi-channel; "
+        "8..192 kHz), MP3, OGG, FLAC, WebM/Opus, M4A.",
+        nullable=False,
+    ) = None
+    avatar_id: AvatarId = None
+    response: choice(
+        ("json", "binary"), "`binary`: the video itself (as with a video `Accept`)", "json"
+    ) = None
+
+    def _face_optional(self) -> bool:
+        return self.avatar_id is not None
+
+    @model_validator(mode="after")
+    def _needs_audio(self) -> GenerateRequest:
+        if self.audio is None:
+            raise _missing("audio", "base64 WAV, or a file upload")
+        return self
+
+
+class AvatarPath(BaseModel):
+    avatar_id: AvatarId = Field(
+        description="32 lowercase hex digits (anything else: 400 `invalid_avatar_id`)"
+    )
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+ERROR_CODE_SCHEMA = {
+    "type": "string",
+    "enum": sorted(member.code for member in ErrorCode),
+    "description": "Stable, machine-readable reason: "
+    + "; ".join(f"`{m.code}` ({m.status}): {m.description}" for m in ErrorCode)
+    + ". `client_disconnected` (499) is only logged: the client has gone.",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: Annotated[str, WithJsonSchema(ERROR_CODE_SCHEMA)]
+    message: str = Field(min_length=1)
+    field: str = Field(default=None, description="the request field at fault, when there is one")
+
+
+class Error(BaseModel):
+    success: Literal[False]
+    error: ErrorDetail
+
+
+class VideoMeta(BaseModel):
+    mime_type: Literal["video/webm", "video/mp4"]
+    num_frames: int = Field(ge=1, description="ceil(speech seconds × fps)")
+    duration: float = Field(ge=0, description="seconds")
+    fps: float = Field(ge=1, le=MAX_FPS_DOC)
+    width: int = Field(ge=1, description="encoded width (even)")
+    height: int = Field(ge=1, description="encoded height (even)")
+    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
+    timings_ms: dict[str, float] = Field(
+        description="milliseconds per stage (decode_face, detect, mel, infer, paste, encode; "
+        "absent stages were skipped, e.g. detect for a known avatar)"
+    )
+
+
+class GenerateResult(VideoMeta):
+    success: Literal[True]
+    video: str = Field(
+        description="base64 of the whole video file (`mime_type` says which)",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
+
+
+Box = list[int]
+
+
+class Avatar(BaseModel):
+    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
+    kind: Literal["image", "video"]
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    num_frames: int = Field(ge=1)
+    fps: float | None = Field(description="the clip's frame rate; null for an image")
+    boxes: list[Box] = Field(description="the face box [top, bottom, left, right] per frame")
+    pads: Box = Field(min_length=4, max_length=4)
+    box: Box | None = Field(min_length=4, max_length=4)
+    smooth: bool
+    created_at: float = Field(description="Unix time of registration")
+
+
+class RegisteredAvatar(Avatar):
+    created: bool = Field(
+        description="true when this request registered the avatar (201), false when it was "
+        "already known (200)"
+    )
+
+
+class AvatarList(BaseModel):
+    avatars: list[Avatar]
+
+
+class Deleted(BaseModel):
+    success: Literal[True]
+    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
+    deleted: Literal[True]
+
+
+class ModelState(BaseModel):
+    present: bool
+    compiled: bool
+
+
+class Capabilities(BaseModel):
+    formats: list[str] = None
+    models: list[str] = None
+    max_audio_seconds: float = None
+    max_body_mb: float = None
+
+
+class HealthError(BaseModel):
+    """When degraded: what is missing and the command that fixes it."""
+
+    code: Literal[ErrorCode.MODELS_MISSING.code]
+    message: str
+    fix: str = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    openvino_version: str = None
+    device: str = None
+    precision: str = None
+    models: dict[str, ModelState] = None
+    capabilities: Capabilities = None
+    error: HealthError = None
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reasons: list[str] = Field(
+        default=None, description="why the worker cannot take generations (when not_ready)"
+    )
+
+
+class Index(BaseModel):
+    service: str
+    endpoints: dict[str, str] = None
+
+
+class OpenAPIDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+
+
+RESPONSE_MODELS = (
+    Error,
+    GenerateResult,
+    Avatar,
+    RegisteredAvatar,
+    AvatarList,
+    Deleted,
+    Health,
+    Liveness,
+    Readiness,
+    Index,
+    OpenAPIDocument,
+)
+REQUEST_MODELS = (GenerateRequest, RegisterAvatarRequest)

@@ -1,0 +1,137 @@
+"""Per-process state of the service and the request lifecycle around every route.
+
+`Service` holds the settings and admission control; the engine and the avatar store are
+made on first use. The lifecycle hooks give each request its id, check the API key,
+answer CORS preflights, count metrics and write one access-log line.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+
+from flask import Response, current_app, g, request
+
+from inference_engine import Wav2LipInferenceEngine
+from lipsync import generation
+from lipsync.avatars import AvatarStore
+from lipsync.errors import ErrorCode, UnauthorizedError
+from lipsync.server import observability as obs
+from lipsync.server.admission import AdmissionController
+from lipsync.settings import Settings
+
+EXTENSION = "lipsync"
+PUBLIC_PATHS = frozenset({"/health/live"})
+CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-API-Key, X-Request-ID, Accept"
+CORS_EXPOSE_HEADERS = (
+    "X-Request-ID, X-Num-Frames, X-Duration, X-Fps, X-Width, X-Height, X-Avatar-Id, X-Mime-Type, "
+    "X-Timings-Ms, Retry-After"
+)
+
+
+class Service:
+    """Per-process state: settings, admission; engine and avatar store made on first use."""
+
+    def __init__(self, settings: Settings, engine: Wav2LipInferenceEngine | None = None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._store: AvatarStore | None = None
+        self._lock = threading.RLock()
+        self.admission = AdmissionController(
+            settings.max_concurrent,
+            settings.max_queue,
+            settings.max_queue_wait_s,
+            settings.retry_after_s,
+            on_change=obs.observe_admission,
+        )
+
+    @property
+    def store(self) -> AvatarStore:
+        with self._lock:
+            if self._store is None:
+                s = self.settings
+                self._store = AvatarStore(
+                    s.avatar_dir,
+                    int(s.avatar_cache_mb * 1024 * 1024),
+                    decode=lambda data: generation.decode_face(data, s),
+                    prepare=lambda frames, options, timings: self.engine.prepare_face(
+                        frames, options, timings=timings
+                    ),
+                )
+            return self._store
+
+    @property
+    def engine(self) -> Wav2LipInferenceEngine:
+        with self._lock:
+            if self._engine is None:
+                s = self.settings
+                self._engine = Wav2LipInferenceEngine(
+                    s.models_dir,
+                    s.device,
+                    s.precision,
+                    cache_dir=s.cache_dir,
+                    batch_size=s.batch_size,
+                )
+            return self._engine
+
+
+def service() -> Service:
+    """The current app's Service."""
+    return current_app.extensions[EXTENSION]
+
+
+def begin_request() -> Response | None:
+    g.request_id = obs.request_id(request.headers.get(obs.REQUEST_ID_HEADER))
+    g.started = time.perf_counter()
+    settings = service().settings
+    if request.method == "OPTIONS" and request.headers.get("Origin"):
+        return Response(status=204)  # CORS preflight; headers added in finish_request
+    if settings.api_key and request.path not in PUBLIC_PATHS and not authorized(settings.api_key):
+        obs.REJECTED.labels(ErrorCode.UNAUTHORIZED.code).inc()
+        raise UnauthorizedError("missing or wrong API key")
+    return None
+
+
+def authorized(api_key: str) -> bool:
+    """Constant-time check of `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    offered = token.strip() if scheme.lower() == "bearer" else request.headers.get("X-API-Key", "")
+    return hmac.compare_digest(offered.encode(), api_key.encode())
+
+
+def finish_request(response: Response) -> Response:
+    response.headers[obs.REQUEST_ID_HEADER] = g.get("request_id", "")
+    add_cors_headers(response)
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    obs.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    obs.REQUEST_SECONDS.labels(route).observe(elapsed)
+    record = {
+        "request_id": g.get("request_id"),
+        "method": request.method,
+        "route": route,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 1),
+        "request_bytes": request.content_length or 0,
+        "response_bytes": response.calculate_content_length() or 0,
+        "remote": request.remote_addr,
+    }
+    record.update(g.get("log_extra", {}))
+    obs.log_request(record)
+    return response
+
+
+def add_cors_headers(response: Response) -> None:
+    origin = request.headers.get("Origin")
+    allowed = service().settings.allowed_origins
+    if not origin or not (origin in allowed or "*" in allowed):
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
