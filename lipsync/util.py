@@ -12,11 +12,41 @@ from typing import TypeVar
 
 T = TypeVar("T", bound=Sequence)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers whose messages are whole JSON documents, written bare (one parseable line each).
+JSON_LOGGERS = ("lipsync.access",)
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr at INFO (DEBUG if `verbose`) in the format the scripts and server share."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+class _Handler(logging.StreamHandler):
+    """A stderr handler installed by configure_logging (replaced when it is called again)."""
+
+
+class _NotJson(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(JSON_LOGGERS)
+
+
+class _Json(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith(JSON_LOGGERS)
+
+
+def configure_logging(verbose: bool = False, level: str | None = None) -> None:
+    """Log to stderr at `level` ("debug" ... "critical"; default INFO, DEBUG if `verbose`).
+
+    Text lines (LOG_FORMAT) for every logger except JSON_LOGGERS, whose messages are written
+    bare so that each line is one JSON document. Calling it again replaces the handlers.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    text, bare = _Handler(), _Handler()
+    text.setFormatter(logging.Formatter(LOG_FORMAT))
+    text.addFilter(_NotJson())
+    bare.setFormatter(logging.Formatter("%(message)s"))
+    bare.addFilter(_Json())
+    root.addHandler(text)
+    root.addHandler(bare)
+    root.setLevel(level.upper() if level else logging.DEBUG if verbose else logging.INFO)
 
 
 def batched(items: T, size: int) -> Iterator[T]:
