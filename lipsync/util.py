@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 T = TypeVar("T", bound=Sequence)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,8 +30,11 @@ class _Json(logging.Filter):
         return record.name.startswith(JSON_LOGGERS)
 
 
-def configure_logging(verbose: bool = False, level: str | None = None) -> None:
-    """Log to stderr at `level` ("debug" ... "critical"; default INFO, DEBUG if `verbose`).
+def configure_logging(
+    verbose: bool = False, level: str | None = None, stream: TextIO | None = None
+) -> None:
+    """Log to `stream` (stderr) at `level` ("debug" ... "critical"; default INFO, DEBUG if
+    `verbose`).
 
     Text lines (LOG_FORMAT) for every logger except JSON_LOGGERS, whose messages are written
     bare so that each line is one JSON document. Calling it again replaces the handlers.
@@ -39,7 +42,7 @@ def configure_logging(verbose: bool = False, level: str | None = None) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
-    text, bare = _Handler(), _Handler()
+    text, bare = _Handler(stream), _Handler(stream)
     text.setFormatter(logging.Formatter(LOG_FORMAT))
     text.addFilter(_NotJson())
     bare.setFormatter(logging.Formatter("%(message)s"))
