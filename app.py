@@ -13,11 +13,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import openvino as ov
 from flask import Flask, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from face_detection import FaceNotDetectedError
@@ -100,12 +101,13 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes  # base64 media in form fields
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     app.extensions[EXTENSION] = Service(settings, engine)
     register_error_handlers(app)
     app.before_request(begin_request)
     app.after_request(finish_request)
-    for rule, view, methods in [
+    routes: list[tuple[str, Callable[..., Any], list[str]]] = [
         ("/", index, ["GET"]),
         ("/health", health, ["GET"]),
         ("/health/live", live, ["GET"]),
@@ -117,7 +119,8 @@ def create_app(
         ("/api/avatars", list_avatars, ["GET"]),
         ("/api/avatars/<avatar_id>", get_avatar, ["GET"]),
         ("/api/avatars/<avatar_id>", delete_avatar, ["DELETE"]),
-    ]:
+    ]
+    for rule, view, methods in routes:
         app.add_url_rule(rule, endpoint=f"{view.__name__}", view_func=view, methods=methods)
     return app
 
@@ -238,7 +241,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         code = {413: "payload_too_large"}.get(
-            exc.code, (exc.name or "error").lower().replace(" ", "_")
+            exc.code or 500, (exc.name or "error").lower().replace(" ", "_")
         )
         return error_response(exc.code or 500, code, exc.description or exc.name)
 

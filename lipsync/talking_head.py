@@ -30,7 +30,7 @@ from lipsync.options import DEFAULT_PADS, RenderOptions
 from lipsync.settings import Settings
 
 QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
-CONTAINERS = {".webm": "webm", ".mp4": "mp4"}
+CONTAINERS: dict[str, video_io.ContainerName] = {".webm": "webm", ".mp4": "mp4"}
 # Speech used to measure throughput when no generation has run yet.
 CALIBRATION_SECONDS = 1.0
 
@@ -93,9 +93,7 @@ class Wav2LipTalkingHead:
 
     def preprocess_avatar(self) -> dict[str, Any]:
         """Detect the face once (later calls are free). -> the face box and image size."""
-        if self._prepared is None:
-            self._prepared = self.engine.prepare_face(self._image, self.options)
-        top, bottom, left, right = (int(v) for v in self._prepared.boxes[0])
+        top, bottom, left, right = (int(v) for v in self._prepared_face().boxes[0])
         height, width = self._image.shape[:2]
         return {"box": [top, bottom, left, right], "width": width, "height": height}
 
@@ -136,6 +134,7 @@ class Wav2LipTalkingHead:
         if self._seconds_per_frame is None:
             silence = np.zeros(int(CALIBRATION_SECONDS * audio.SAMPLE_RATE), np.float32)
             self._render(generation.Speech(silence, audio.SAMPLE_RATE, silence), fps, "webm", True)
+        assert self._seconds_per_frame is not None  # set by every _render
         return (
             audio.num_video_frames(int(audio_duration * audio.SAMPLE_RATE), fps)
             * self._seconds_per_frame
@@ -170,14 +169,26 @@ class Wav2LipTalkingHead:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _render(self, speech: generation.Speech, fps: float, container: str, include_audio: bool):
+    def _prepared_face(self) -> PreparedFace:
+        """The avatar with its face detected (once)."""
+        if self._prepared is None:
+            self._prepared = self.engine.prepare_face(self._image, self.options)
+        return self._prepared
+
+    def _render(
+        self,
+        speech: generation.Speech,
+        fps: float,
+        container: video_io.ContainerName,
+        include_audio: bool,
+    ) -> generation.GenerationResult:
         options = dataclasses.replace(self.options, fps=fps)
-        self.preprocess_avatar()
+        prepared = self._prepared_face()
         with _plain_errors():
             start = time.perf_counter()
             result = generation.generate(
                 self.engine,
-                self._prepared,
+                prepared,
                 speech,
                 options,
                 video_io.EncodeOptions(container=container),

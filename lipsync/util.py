@@ -8,9 +8,12 @@ import logging
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
-T = TypeVar("T", bound=Sequence)
+if TYPE_CHECKING:
+    import numpy as np
+
+T = TypeVar("T", bound="Sequence[Any] | np.ndarray")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers whose messages are whole JSON documents, written bare (one parseable line each).
 JSON_LOGGERS = ("lipsync.access",)
@@ -57,7 +60,7 @@ def batched(items: T, size: int) -> Iterator[T]:
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        yield cast(T, items[start : start + size])
 
 
 @contextlib.contextmanager

@@ -205,7 +205,7 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
 
     # -- schemas -----------------------------------------------------------------------------
 
-    media_base64 = {
+    media_base64: dict[str, Any] = {
         "type": "string",
         "minLength": 1,
         "pattern": BASE64_PATTERN,
@@ -430,7 +430,7 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
             **video_meta,
         },
     }
-    avatar_meta = {
+    avatar_meta: dict[str, Any] = {
         "type": "object",
         "required": [
             "avatar_id",
@@ -586,7 +586,7 @@ def build_spec(settings: Settings | None = None) -> dict[str, Any]:
         "description": "32 lowercase hex digits (anything else: 400 `invalid_avatar_id`)",
         "schema": {"type": "string", "pattern": AVATAR_ID_REGEX},
     }
-    secured = [{"bearerAuth": []}, {"apiKeyAuth": []}, {}]
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}, {}]
 
     def operation(
         op_id: str,

@@ -141,5 +141,5 @@ def response_mode(fields: Mapping[str, Any], req: Request) -> tuple[bool, str | 
             "response", f"must be 'json' or 'binary', got {fields['response']!r}"
         )
     best = req.accept_mimetypes.best_match(["application/json", *VIDEO_MIME_TYPES])
-    container = VIDEO_MIME_TYPES.get(best)
+    container = VIDEO_MIME_TYPES.get(best) if best else None
     return fields.get("response") == "binary" or container is not None, container
