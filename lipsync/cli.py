@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 PROG = "lipsync"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 GUNICORN_ARGS = ("-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app")
 SERVE_FLAGS = {"host": "HOST", "port": "PORT", "workers": "LIPSYNC_WORKERS"}
 CONVERT_HELP = "convert checkpoints to OpenVINO IR (the flags of convert_to_openvino.py)"
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.command(args)
     except UserError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_box(text: str) -> FaceBox:
-    """ "T,B,L,R" -> (top, bottom, left, right)."""
+    """Parse "T,B,L,R" into (top, bottom, left, right)."""
     parts = text.split(",")
     try:
         top, bottom, left, right = (int(p) for p in parts)

@@ -39,6 +39,8 @@ POSITIVE_NUMBERS = (
     "request_timeout_s",
 )
 NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
+# Fields whose value is one of a few names.
+CHOICES = {"default_format": FORMATS, "log_level": LOG_LEVELS}
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,8 @@ def _problem(name: str, value: Any) -> str | None:
         return f"must be > 0, got {value}"
     if name in NON_NEGATIVE and value < 0:
         return f"must be >= 0, got {value}"
-    if name == "default_format" and value not in FORMATS:
-        return f"must be one of {FORMATS}, got {value!r}"
-    if name == "log_level" and value not in LOG_LEVELS:
-        return f"must be one of {LOG_LEVELS}, got {value!r}"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"must be one of {CHOICES[name]}, got {value!r}"
     if name == "port" and not 1 <= value <= 65535:
         return f"must be between 1 and 65535, got {value}"
     return None
