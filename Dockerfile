@@ -10,7 +10,7 @@
 #   docker run --rm -p 5001:5001 lipsync
 #
 # Stage "convert" (torch) turns the checkpoints into OpenVINO IR; stage "runtime" gets only the
-# IR files, the service code and requirements.txt. The checkpoints are picked in this order:
+# IR files and the serving code, installed as the `lipsync` package without extras. The checkpoints are picked in this order:
 #   1. UNTRAINED=1: seeded random-init weights. The API works end to end but the mouths are
 #      meaningless; for trying the service and its clients, never for real use.
 #   2. checkpoints/wav2lip.pth (+ optional wav2lip_gan.pth) and checkpoints/s3fd.pth in the build
@@ -25,7 +25,7 @@
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS convert
 
-# requirements-dev.txt pins torch==2.13.0. From PyPI alone that is the CUDA build (several GB
+# requirements-conversion.txt pins torch==2.13.0. From PyPI alone that is the CUDA build (several GB
 # of nvidia wheels); on a normal machine `pip install torch==2.13.0 --index-url
 # https://download.pytorch.org/whl/cpu` gives the CPU build. As an extra index, pip prefers
 # its 2.13.0+cpu (a local version sorts above 2.13.0); set TORCH_INDEX_URL to a mirror if
@@ -37,11 +37,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 
 WORKDIR /build
-COPY requirements.txt requirements-dev.txt ./
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements-dev.txt
+COPY requirements.txt requirements-conversion.txt ./
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
+        -r requirements.txt -r requirements-conversion.txt
 
+# The converter and what it imports: the PyTorch networks and lipsync/ (its small helpers).
 COPY convert_to_openvino.py ./
 COPY networks/ ./networks/
+COPY lipsync/ ./lipsync/
 COPY checkpoint[s] ./checkpoints/
 
 ARG UNTRAINED=0
@@ -112,29 +115,34 @@ RUN pip install --no-cache-dir -r requirements.txt
 RUN useradd --uid 10001 --user-group --no-log-init --create-home \
         --shell /usr/sbin/nologin lipsync \
     && mkdir -p /var/cache/lipsync/openvino /var/cache/lipsync/avatars \
+        /var/cache/lipsync/metrics \
     && chown -R lipsync:lipsync /var/cache/lipsync
 
 COPY --from=convert /build/models/ ./models/
-# The service code: the top-level modules and face_detection/ (not tests/, networks/, bench/;
-# convert_to_openvino.py comes along with *.py but needs torch, so converting happens in the
-# convert stage).
-COPY *.py ./
-COPY face_detection/ ./face_detection/
-COPY lipsync/ ./lipsync/
+# The serving code only, installed as the `lipsync` package (no extras; its dependencies are
+# requirements.txt, installed above, so pip adds nothing): the top-level modules the service
+# imports, face_detection/ and lipsync/. Not convert_to_openvino.py, networks/, tools/,
+# bench/ or tests/ (torch code and development tools); converting happens in the convert stage.
+COPY pyproject.toml requirements.txt /tmp/src/
+COPY app.py inference_engine.py audio.py /tmp/src/
+COPY face_detection/ /tmp/src/face_detection/
+COPY lipsync/ /tmp/src/lipsync/
+RUN pip install --no-cache-dir /tmp/src && rm -rf /tmp/src
 
 # Everything the service writes goes under /var/cache/lipsync (mount a volume there to keep the
 # compiled-model cache and the registered avatars across container restarts).
 ENV PORT=5001 \
     LIPSYNC_MODELS_DIR=/app/models \
     LIPSYNC_CACHE_DIR=/var/cache/lipsync/openvino \
-    LIPSYNC_AVATAR_DIR=/var/cache/lipsync/avatars
+    LIPSYNC_AVATAR_DIR=/var/cache/lipsync/avatars \
+    LIPSYNC_METRICS_DIR=/var/cache/lipsync/metrics
 
 USER 10001:10001
 EXPOSE 5001
 # No curl in slim images: Python's urllib. A 503 (models missing) raises, so it exits 1 too.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import os, urllib.request as u; k = os.environ.get('LIPSYNC_API_KEY'); r = u.urlopen(u.Request('http://127.0.0.1:' + os.environ.get('PORT', '5001') + '/health', headers={'Authorization': 'Bearer ' + k} if k else {}), timeout=4); raise SystemExit(0 if r.status == 200 else 1)"
-# gunicorn stops gracefully on SIGTERM (graceful_timeout in gunicorn.conf.py): give
+# gunicorn stops gracefully on SIGTERM (LIPSYNC_GRACEFUL_TIMEOUT, default 60 s): give
 # `docker stop` at least that long, e.g. `docker stop -t 70`.
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app"]

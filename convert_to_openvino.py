@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from lipsync.util import configure_logging, sha256_file
 from networks import S3FD, Wav2Lip
-from networks.s3fd import HEAD_SOURCES, STRIDES, head_name
+from networks.s3fd import HEAD_SOURCES, STRIDES, L2Norm, head_name
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +340,7 @@ def random_wav2lip_state_dict(seed: int) -> dict[str, torch.Tensor]:
         audio, faces = wav2lip_calibration_inputs(g, WAV2LIP_CALIBRATION_BATCH)
         model.double()  # float64 statistics do not depend on thread count or CPU kernels
         head = model.output_block[1]
+        assert isinstance(head, nn.Conv2d)
         captured: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
         model.train()
@@ -353,7 +354,7 @@ def random_wav2lip_state_dict(seed: int) -> dict[str, torch.Tensor]:
         scale = WAV2LIP_LOGIT_STD / std
         offset = _uniform(g, mean.shape, -0.25, 0.25)
         head.weight.mul_(scale.view(-1, 1, 1, 1))
-        head.bias.copy_((head.bias - mean) * scale + offset)
+        _bias(head).copy_((_bias(head) - mean) * scale + offset)
     return _float32_state(model)
 
 
@@ -364,15 +365,22 @@ def _standardise(
     mu, sd = out.mean(dim=(0, 2, 3)), out.std(dim=(0, 2, 3)) + 1e-6
     scale = std / sd
     conv.weight.mul_(scale.view(-1, 1, 1, 1))
-    conv.bias.copy_((conv.bias - mu) * scale + mean)
+    _bias(conv).copy_((_bias(conv) - mu) * scale + mean)
     return (out - mu.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A conv's bias (every conv of both networks has one)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
 
 
 def _calibrate_peak(conv: nn.Conv2d, out: torch.Tensor) -> torch.Tensor:
     """Shift the face channel (last, already standardised) so the median best cell hits target."""
     best = out[:, -1].flatten(1).max(dim=1).values
     shift = S3FD_PEAK_TOP - best.median()
-    conv.bias[-1] += shift
+    _bias(conv)[-1] += shift
     out = out.clone()
     out[:, -1] += shift
     return out
@@ -414,7 +422,7 @@ def random_s3fd_state_dict(seed: int) -> dict[str, torch.Tensor]:
         for name, module in model.named_children():
             if isinstance(module, nn.Conv2d):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-                module.bias.zero_()
+                _bias(module).zero_()
                 if name == peak_head:
                     direction = torch.randn(module.in_channels, generator=g)
                     module.weight[-1] = direction.view(-1, 1, 1) * laplace
@@ -424,6 +432,7 @@ def random_s3fd_state_dict(seed: int) -> dict[str, torch.Tensor]:
                 )
                 hooks.append(module.register_forward_hook(hook_for(name, mean, std)))
             else:  # L2Norm: keep the reference scale, jittered per channel
+                assert isinstance(module, L2Norm)
                 module.weight.mul_(_uniform(g, module.weight.shape, 0.8, 1.2))
         size = S3FD_CALIBRATION_SIZE
         pixels = synthetic_images(g, S3FD_CALIBRATION_BATCH, size, size)

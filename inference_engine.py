@@ -182,7 +182,7 @@ class Wav2LipInferenceEngine:
             status[name] = {
                 "present": nets[0].present,
                 "compiled": compiled,
-                "compile_s": sum(net.compile_seconds for net in nets) if compiled else None,
+                "compile_s": sum(net.compile_seconds or 0.0 for net in nets) if compiled else None,
             }
         return status
 
@@ -219,7 +219,7 @@ class Wav2LipInferenceEngine:
             raise FaceNotDetectedError(f"no face detected{where}", frame_index=missing[0])
         for i in missing:
             rects[i] = rects[min(found, key=lambda j: abs(j - i))]
-        return rects
+        return [rect for rect in rects if rect is not None]  # every frame has one by now
 
     def face_boxes(
         self,
@@ -368,7 +368,7 @@ class Wav2LipInferenceEngine:
         mel windowing unless `num_frames` asks for an exact count.
         """
         options = RenderOptions(
-            fps=fps, pads=tuple(pads), box=box and tuple(box), smooth=smooth, model=model
+            fps=fps, pads=(*pads,), box=None if box is None else (*box,), smooth=smooth, model=model
         )
         mel_windows = self.audio_to_mel_windows(speech, options.fps, num_frames)
         prepared = self.prepare_face(face, options, max_frames=len(mel_windows))

@@ -62,7 +62,9 @@ class S3FDDetector:
             req.infer({"image": np.ascontiguousarray(images)})
             return [req.get_tensor(name).data.copy() for name in OUTPUT_NAMES]
 
-    def _candidates(self, images: Sequence[np.ndarray], threshold: float) -> Iterator[np.ndarray]:
+    def _candidates(
+        self, images: np.ndarray | Sequence[np.ndarray], threshold: float
+    ) -> Iterator[np.ndarray]:
         """Per-image (K, 5) detections above `threshold`, batching same-sized frames."""
         if not len(images):
             return
@@ -70,12 +72,14 @@ class S3FDDetector:
             yield from (np.zeros((0, 5), np.float32) for _ in images)
             return
         for batch in batched(images, batch_size_for(images[0].shape)):
-            yield from decode_detections(self.raw_outputs(np.stack(batch)), threshold)
+            yield from decode_detections(self.raw_outputs(np.asarray(batch)), threshold)
 
-    def detect_faces(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def detect_faces(self, images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """All faces per image after NMS, best first: list of (F, 5) `x1, y1, x2, y2, score`."""
         return [faces_from_detections(d) for d in self._candidates(images, FACE_THRESHOLD)]
 
-    def detect_best(self, images: Sequence[np.ndarray]) -> list[tuple[int, int, int, int] | None]:
+    def detect_best(
+        self, images: np.ndarray | Sequence[np.ndarray]
+    ) -> list[tuple[int, int, int, int] | None]:
         """The reference's pick per image: integer `(x1, y1, x2, y2)` of the top face, or None."""
         return [best_face(d) for d in self._candidates(images, FACE_THRESHOLD)]

@@ -151,7 +151,7 @@ class AvatarStore:
         with creating:  # concurrent registrations of one file prepare it once
             avatar = self.get(avatar_id)
             created = avatar is None
-            if created:
+            if avatar is None:
                 with timed(timings, "decode_face"):
                     frames, fps = self._decode(data)
                 avatar = Avatar(
@@ -166,7 +166,7 @@ class AvatarStore:
                 )
                 self._remember(avatar)
             if persist and self.directory and not (self.directory / avatar_id).is_dir():
-                self._save(avatar, data)
+                self._save(self.directory, avatar, data)
         with self._lock:
             self._creating.pop(avatar_id, None)
         return avatar, created
@@ -210,16 +210,16 @@ class AvatarStore:
 
     # -- disk ------------------------------------------------------------------------------
 
-    def _save(self, avatar: Avatar, data: bytes) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.directory))
+    def _save(self, directory: Path, avatar: Avatar, data: bytes) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
         try:
             (tmp / SOURCE_FILE).write_bytes(data)
             np.save(tmp / BOXES_FILE, avatar.prepared.boxes)
             np.save(tmp / CROPS_FILE, avatar.prepared.crops)
             (tmp / META_FILE).write_text(json.dumps(avatar.meta()))
-            os.rename(tmp, self.directory / avatar.avatar_id)
+            os.rename(tmp, directory / avatar.avatar_id)
         except OSError:
-            if not (self.directory / avatar.avatar_id).is_dir():
+            if not (directory / avatar.avatar_id).is_dir():
                 raise
             # Another process stored the same avatar first: identical content, keep theirs.
         finally:

@@ -125,6 +125,15 @@ def _single_frames(
         yield from batch
 
 
+def _counted(
+    frames: Iterator[np.ndarray], total: int, on_frames: Callable[[int, int], None]
+) -> Iterator[np.ndarray]:
+    """The same frames, reporting `on_frames(done, total)` after each."""
+    for done, frame in enumerate(frames, 1):
+        yield frame
+        on_frames(done, total)
+
+
 def generate(
     engine: Wav2LipInferenceEngine,
     prepared: PreparedFace,
@@ -135,21 +144,26 @@ def generate(
     *,
     include_audio: bool = True,
     check: Callable[[], None] | None = None,
+    on_frames: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Lip-sync a prepared face to `speech` at `options.fps`; encode with the speech track.
 
     `timings` may already hold earlier stages (seconds); the result reports all in ms.
     `check` runs between frame batches and may raise to abandon the generation (time
-    limit, client gone); the partial video is dropped.
+    limit, client gone); the partial video is dropped. `on_frames(done, total)` is called
+    as each frame is handed to the encoder (progress reporting).
     """
     timings = {} if timings is None else timings
     with timed(timings, "mel"):
         windows = speech_mel_windows(speech, options.fps)
     height, width = prepared.frames.shape[1:3]
     batches = engine.iter_frames(prepared, windows, options.model, timings)
+    frames = _single_frames(batches, timings, check)
+    if on_frames is not None:
+        frames = _counted(frames, len(windows), on_frames)
     with timed(timings, "encode"):
         video = encode_video(
-            _single_frames(batches, timings, check),
+            frames,
             width=width,
             height=height,
             fps=options.fps,

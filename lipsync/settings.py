@@ -1,7 +1,9 @@
 """Service settings: defaults, overridden by LIPSYNC_* environment variables, then by code.
 
 Every setting is a field of the frozen `Settings` dataclass, validated once in
-`__post_init__`. The README's configuration table lists the same names.
+`__post_init__`; this module is the only reader of the service's environment variables
+(gunicorn's settings included). A field's variable is `LIPSYNC_<NAME>` unless the field
+names another in its metadata (`HOST`, `PORT`). The README's configuration table lists them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,29 @@ from typing import Any
 ENV_PREFIX = "LIPSYNC_"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 FORMATS = ("webm", "mp4")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Fields holding a directory that may be switched off ("none" or "off" in the environment).
+OPTIONAL_DIRS = ("cache_dir", "avatar_dir")
+PATH_FIELDS = ("models_dir", "metrics_dir", *OPTIONAL_DIRS)
+POSITIVE_INTS = (
+    "batch_size",
+    "max_image_pixels",
+    "max_video_frames",
+    "max_concurrent",
+    "workers",
+    "threads",
+    "worker_timeout",
+)
+POSITIVE_NUMBERS = (
+    "max_body_mb",
+    "max_audio_seconds",
+    "max_video_seconds",
+    "avatar_cache_mb",
+    "request_timeout_s",
+)
+NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
+# Fields whose value is one of a few names.
+CHOICES = {"default_format": FORMATS, "log_level": LOG_LEVELS}
 
 
 @dataclass(frozen=True)
@@ -53,27 +78,26 @@ class Settings:
     api_key: str = field(default="", repr=False)  # never printed
     # Browser origins allowed by CORS, comma-separated ("*" for any; empty: no CORS).
     cors_origins: str = ""
+    # Logging of every logger (the app's, gunicorn's): one of LOG_LEVELS.
+    log_level: str = "info"
+    # gunicorn: listen address, worker processes (one engine each), threads per worker.
+    host: str = field(default="0.0.0.0", metadata={"env": "HOST"})
+    port: int = field(default=5001, metadata={"env": "PORT"})
+    workers: int = 1
+    threads: int = 4
+    # gunicorn kills a worker silent this long; a stopping worker gets this long to finish;
+    # idle keep-alive connections are kept this long (seconds).
+    worker_timeout: int = 300
+    graceful_timeout: int = 60
+    keepalive_s: int = 30
+    # Where gunicorn workers share Prometheus samples (a subdirectory per master).
+    metrics_dir: Path = PROJECT_DIR / ".cache" / "metrics"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_image_pixels", "max_video_frames", "max_concurrent"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_body_mb",
-            "max_audio_seconds",
-            "max_video_seconds",
-            "avatar_cache_mb",
-            "request_timeout_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.default_format not in FORMATS:
-            raise ValueError(
-                f"default_format must be one of {FORMATS}, got {self.default_format!r}"
-            )
-
-        if self.max_queue < 0 or self.max_queue_wait_s < 0 or self.retry_after_s < 0:
-            raise ValueError("max_queue, max_queue_wait_s and retry_after_s must be >= 0")
+        for f in fields(self):
+            problem = _problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{f.name} {problem}")
         if not 0 < self.min_audio_sample_rate <= self.max_audio_sample_rate:
             raise ValueError(
                 "audio sample rate range is empty: "
@@ -88,46 +112,82 @@ class Settings:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def bind(self) -> str:
+        """gunicorn's listen address, host:port."""
+        return f"{self.host}:{self.port}"
+
     @classmethod
     def load(
         cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> Settings:
-        """Defaults, then `LIPSYNC_<NAME>` variables of `environ`, then `overrides`."""
+        """Defaults, then the variables of `environ` (`os.environ`), then `overrides`.
+
+        An empty variable counts as unset. ValueError names the variable or field at fault.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+            variable = env_name(f)
+            raw = environ.get(variable)
             if raw is not None and raw.strip() != "":
-                values[f.name] = _parse(f.name, raw.strip(), f.default)
+                values[f.name] = _parse(variable, f.name, raw.strip(), f.default)
+                problem = _problem(f.name, values[f.name])
+                if problem:
+                    raise ValueError(f"{variable} {problem}")
         values.update(overrides or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
         return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _parse(name: str, raw: str, default: Any) -> Any:
+def _problem(name: str, value: Any) -> str | None:
+    """What is wrong with one field's value ("must be >= 1, got 0"), or None."""
+    if name in POSITIVE_INTS and value < 1:
+        return f"must be >= 1, got {value}"
+    if name in POSITIVE_NUMBERS and not value > 0:
+        return f"must be > 0, got {value}"
+    if name in NON_NEGATIVE and value < 0:
+        return f"must be >= 0, got {value}"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"must be one of {CHOICES[name]}, got {value!r}"
+    if name == "port" and not 1 <= value <= 65535:
+        return f"must be between 1 and 65535, got {value}"
+    return None
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable of a Settings field."""
+    return f.metadata.get("env", ENV_PREFIX + f.name.upper())
+
+
+def _parse(variable: str, name: str, raw: str, default: Any) -> Any:
     """Parse an environment string into the type of the field's default."""
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a boolean, got {raw!r}")
+        raise ValueError(f"{variable} must be a boolean, got {raw!r}")
     if isinstance(default, int | float):
         try:
             return type(default)(raw)
         except ValueError:
-            raise ValueError(
-                f"{ENV_PREFIX}{name.upper()} must be a {type(default).__name__}, got {raw!r}"
-            ) from None
-    if name in ("cache_dir", "avatar_dir") and raw.lower() in ("none", "off"):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"{variable} must be {kind}, got {raw!r}") from None
+    if name in OPTIONAL_DIRS and raw.lower() in ("none", "off"):
         return None
+    if name == "log_level":
+        return raw.lower()
     return raw
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Path fields accept strings."""
-    if name in ("models_dir", "cache_dir", "avatar_dir") and value is not None:
+    if name in PATH_FIELDS and value is not None:
         return Path(value)
     return value

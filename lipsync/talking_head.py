@@ -23,13 +23,13 @@ import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
 from lipsync import generation
 from lipsync.errors import InvalidFieldError
-from lipsync.media.encode_options import EncodeOptions
+from lipsync.media.encode_options import ContainerName, EncodeOptions
 from lipsync.media.images import decode_image
 from lipsync.options import DEFAULT_PADS, RenderOptions
 from lipsync.settings import Settings
 
 QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
-CONTAINERS = {".webm": "webm", ".mp4": "mp4"}
+CONTAINERS: dict[str, ContainerName] = {".webm": "webm", ".mp4": "mp4"}
 # Speech used to measure throughput when no generation has run yet.
 CALIBRATION_SECONDS = 1.0
 
@@ -85,9 +85,7 @@ class Wav2LipTalkingHead:
 
     def preprocess_avatar(self) -> dict[str, Any]:
         """Detect the face once (later calls are free). -> the face box and image size."""
-        if self._prepared is None:
-            self._prepared = self.engine.prepare_face(self._image, self.options)
-        top, bottom, left, right = (int(v) for v in self._prepared.boxes[0])
+        top, bottom, left, right = (int(v) for v in self._prepared_face().boxes[0])
         height, width = self._image.shape[:2]
         return {"box": [top, bottom, left, right], "width": width, "height": height}
 
@@ -129,6 +127,7 @@ class Wav2LipTalkingHead:
         if self._seconds_per_frame is None:
             silence = np.zeros(int(CALIBRATION_SECONDS * audio.SAMPLE_RATE), np.float32)
             self._render(generation.Speech(silence, audio.SAMPLE_RATE, silence), fps, "webm", True)
+        assert self._seconds_per_frame is not None  # set by every _render
         return (
             audio.num_video_frames(int(audio_duration * audio.SAMPLE_RATE), fps)
             * self._seconds_per_frame
@@ -163,13 +162,25 @@ class Wav2LipTalkingHead:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _render(self, speech: generation.Speech, fps: float, container: str, include_audio: bool):
+    def _prepared_face(self) -> PreparedFace:
+        """The avatar with its face detected (once)."""
+        if self._prepared is None:
+            self._prepared = self.engine.prepare_face(self._image, self.options)
+        return self._prepared
+
+    def _render(
+        self,
+        speech: generation.Speech,
+        fps: float,
+        container: ContainerName,
+        include_audio: bool,
+    ) -> generation.GenerationResult:
         options = dataclasses.replace(self.options, fps=fps)
-        self.preprocess_avatar()
+        prepared = self._prepared_face()
         start = time.perf_counter()
         result = generation.generate(
             self.engine,
-            self._prepared,
+            prepared,
             speech,
             options,
             EncodeOptions(container=container),

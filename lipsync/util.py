@@ -8,15 +8,51 @@ import logging
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
-T = TypeVar("T", bound=Sequence)
+if TYPE_CHECKING:
+    import numpy as np
+
+T = TypeVar("T", bound="Sequence[Any] | np.ndarray")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers whose messages are whole JSON documents, written bare (one parseable line each).
+JSON_LOGGERS = ("lipsync.access",)
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr at INFO (DEBUG if `verbose`) in the format the scripts and server share."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+class _Handler(logging.StreamHandler):
+    """A stderr handler installed by configure_logging (replaced when it is called again)."""
+
+
+class _NotJson(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(JSON_LOGGERS)
+
+
+class _Json(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith(JSON_LOGGERS)
+
+
+def configure_logging(
+    verbose: bool = False, level: str | None = None, stream: TextIO | None = None
+) -> None:
+    """Log to `stream` (stderr) at `level` ("debug" ... "critical"; default INFO, DEBUG if
+    `verbose`).
+
+    Text lines (LOG_FORMAT) for every logger except JSON_LOGGERS, whose messages are written
+    bare so that each line is one JSON document. Calling it again replaces the handlers.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    text, bare = _Handler(stream), _Handler(stream)
+    text.setFormatter(logging.Formatter(LOG_FORMAT))
+    text.addFilter(_NotJson())
+    bare.setFormatter(logging.Formatter("%(message)s"))
+    bare.addFilter(_Json())
+    root.addHandler(text)
+    root.addHandler(bare)
+    root.setLevel(level.upper() if level else logging.DEBUG if verbose else logging.INFO)
 
 
 def batched(items: T, size: int) -> Iterator[T]:
@@ -24,7 +60,7 @@ def batched(items: T, size: int) -> Iterator[T]:
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        yield cast(T, items[start : start + size])
 
 
 @contextlib.contextmanager

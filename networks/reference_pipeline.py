@@ -71,7 +71,7 @@ def detect(
     """Top face per BGR image as integer (x1, y1, x2, y2), or None."""
     batch = np.asarray(images)[..., ::-1] - np.array([104, 117, 123])
     outputs = s3fd(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()).float())
-    results = []
+    results: list[tuple[int, int, int, int] | None] = []
     for b in range(len(images)):
         cells = []
         for level in range(6):

@@ -72,9 +72,11 @@ def _stack(specs: list[_Spec]) -> list[nn.Module]:
     return [ConvBlock(ci, co, k, s, p, residual=r) for ci, co, k, s, p, r in specs]
 
 
-def _down(cin: int, cout: int, n_res: int, stride: int = 2) -> list[_Spec]:
+def _down(cin: int, cout: int, n_res: int, stride: int | tuple[int, int] = 2) -> list[_Spec]:
     """One strided 3x3 conv followed by ``n_res`` residual 3x3 convs."""
-    return [(cin, cout, 3, stride, 1, False)] + [(cout, cout, 3, 1, 1, True)] * n_res
+    strided: _Spec = (cin, cout, 3, stride, 1, False)
+    residual: _Spec = (cout, cout, 3, 1, 1, True)
+    return [strided] + [residual] * n_res
 
 
 # Face encoder: 96x96 -> 96, 48, 24, 12, 6, 3, 1 (one entry per skip connection).

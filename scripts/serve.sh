@@ -19,8 +19,8 @@ if [ ! -f "$MODELS_DIR/wav2lip.xml" ] || [ ! -f "$MODELS_DIR/face_detection.xml"
     else
         args=(--download --checkpoint-dir checkpoints)
     fi
-    .venv/bin/python convert_to_openvino.py "${args[@]}" --output-dir "$MODELS_DIR" ||
+    .venv/bin/lipsync convert "${args[@]}" --output-dir "$MODELS_DIR" ||
         echo "WARNING: no models converted; the server starts degraded (see GET /health)." >&2
 fi
 ./scripts/setup.sh
-exec .venv/bin/gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app
+exec .venv/bin/lipsync serve   # gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app

@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from conftest import ROOT
 from lipsync import settings as config
 
 DOCKERFILE = ROOT / "Dockerfile"
+# Where the runtime stage puts the serving code to install it as a package.
+PACKAGE_SOURCE = "/tmp/src"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BASE_IMAGE = "python:3.11-slim-bookworm"
 HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_]\w*)\2")
@@ -135,21 +138,36 @@ def test_two_stages_on_slim_python_runtime_last():
     ]
 
 
-def test_convert_stage_installs_dev_requirements_with_the_cpu_torch_index(convert):
+def test_convert_stage_installs_conversion_requirements_with_the_cpu_torch_index(convert):
     args = {i.words()[0].split("=")[0]: i.args for i in convert.all("ARG")}
     assert args["TORCH_INDEX_URL"] == "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
     pip = [i.args for i in convert.all("RUN") if "pip install" in i.args]
     assert len(pip) == 1
     assert '--extra-index-url "${TORCH_INDEX_URL}"' in pip[0]
-    assert "-r requirements-dev.txt" in pip[0] and "--no-cache-dir" in pip[0]
+    assert "-r requirements.txt -r requirements-conversion.txt" in pip[0]
+    assert "--no-cache-dir" in pip[0] and "requirements-dev" not in pip[0]
+    assert "torch==" in (ROOT / "requirements-conversion.txt").read_text()
 
 
-def test_runtime_installs_only_requirements_txt_and_never_torch(runtime):
+def test_runtime_installs_requirements_txt_then_the_package_without_extras(runtime):
     pip = [i.args for i in runtime.all("RUN") if "pip install" in i.args]
-    assert pip == ["pip install --no-cache-dir -r requirements.txt"]
+    assert pip == [
+        "pip install --no-cache-dir -r requirements.txt",
+        f"pip install --no-cache-dir {PACKAGE_SOURCE} && rm -rf {PACKAGE_SOURCE}",
+    ]
     everything = runtime.run_text() + " ".join(i.args for i in runtime.instructions)
-    assert "torch" not in everything.lower()
-    assert "requirements-dev" not in everything
+    assert "torch" not in everything.lower() and "[" not in pip[1]
+    assert "requirements-dev" not in everything and "requirements-conversion" not in everything
+    # The package's own dependencies are requirements.txt, so its install adds nothing.
+    dynamic = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert dynamic["dependencies"] == {"file": ["requirements.txt"]}
+    copied_to_source = {
+        source
+        for inst in runtime.all("COPY")
+        for source in inst.flags_and_paths()[1][:-1]
+        if inst.flags_and_paths()[1][-1].startswith(PACKAGE_SOURCE)
+    }
+    assert {"pyproject.toml", "requirements.txt"} <= copied_to_source
     lines = (ROOT / "requirements.txt").read_text().splitlines()
     requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert not [r for r in requirements if r.startswith("-")], "requirements.txt includes others"
@@ -270,19 +288,38 @@ def test_optional_checkpoints_are_copied_through_a_wildcard(convert):
 
 
 def local_imports(module: Path) -> set[str]:
+    """Dotted names a module imports (absolute imports only; the project has no others):
+    `from a.b import c` gives a.b and a.b.c (c may be a submodule)."""
     names = set()
     for node in ast.walk(ast.parse(module.read_text())):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def service_modules() -> tuple[set[Path], set[str]]:
-    """Project files reachable by imports from wsgi.py and gunicorn.conf.py, and every
+def project_files(dotted: str) -> list[Path]:
+    """The files importing `dotted` loads from the project: each package's __init__.py on
+    the way, then the module (none for a third-party name or a plain attribute)."""
+    parts = dotted.split(".")
+    files = []
+    for depth in range(1, len(parts) + 1):
+        base = ROOT.joinpath(*parts[:depth])
+        if (base / "__init__.py").is_file():
+            files.append(base / "__init__.py")
+        elif base.with_suffix(".py").is_file():
+            files.append(base.with_suffix(".py"))
+        else:
+            break
+    return files
+
+
+def reachable_modules(*entry_points: str) -> tuple[set[Path], set[str]]:
+    """Project files reachable by imports from `entry_points` (paths under ROOT), and every
     top-level name they import."""
-    todo = [ROOT / "lipsync/server/wsgi.py", ROOT / "lipsync/server/gunicorn_conf.py"]
+    todo = [ROOT / entry for entry in entry_points]
     files: set[Path] = set()
     imported: set[str] = set()
     while todo:
@@ -291,25 +328,39 @@ def service_modules() -> tuple[set[Path], set[str]]:
             continue
         files.add(path)
         for name in local_imports(path):
-            imported.add(name)
-            if (ROOT / f"{name}.py").is_file():
-                todo.append(ROOT / f"{name}.py")
-            elif (ROOT / name / "__init__.py").is_file():
-                todo.extend((ROOT / name).rglob("*.py"))
+            imported.add(name.split(".")[0])
+            todo.extend(project_files(name))
     return files, imported
 
 
-def test_runtime_copies_the_whole_service_and_no_torch_code(runtime):
+def copied_python_files(stage: Stage) -> set[Path]:
     copied: set[Path] = set()
-    for source in context_copies(runtime):
+    for source in context_copies(stage):
         for path in ROOT.glob(source.rstrip("/")):
             copied.update(path.rglob("*.py") if path.is_dir() else [path])
-    files, imported = service_modules()
+    return {path for path in copied if path.suffix == ".py"}
+
+
+def test_runtime_copies_the_whole_service_and_no_torch_code(runtime):
+    copied = copied_python_files(runtime)
+    files, imported = reachable_modules(
+        "lipsync/server/wsgi.py", "lipsync/server/gunicorn_conf.py", "lipsync/cli.py"
+    )
     missing = sorted(str(p.relative_to(ROOT)) for p in files - copied)
     assert not missing, f"the runtime stage does not copy {missing}"
     assert "torch" not in imported and "networks" not in imported
-    for directory in ("tests", "networks", "bench"):
+    for directory in ("tests", "networks", "bench", "tools"):
         assert not any(p.is_relative_to(ROOT / directory) for p in copied), directory
+    assert ROOT / "convert_to_openvino.py" not in copied
+    top_level = {p.name for p in copied if p.parent == ROOT}
+    assert top_level == {"app.py", "inference_engine.py", "audio.py"}
+
+
+def test_convert_stage_copies_what_the_converter_imports(convert):
+    files, imported = reachable_modules("convert_to_openvino.py")
+    missing = sorted(str(p.relative_to(ROOT)) for p in files - copied_python_files(convert))
+    assert not missing, f"the convert stage does not copy {missing}"
+    assert {"torch", "networks", "lipsync"} <= imported
 
 
 # -- HEALTHCHECK -------------------------------------------------------------------------------

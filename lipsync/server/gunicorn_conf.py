@@ -1,42 +1,41 @@
 """gunicorn settings for the lip-sync service.
 
-`gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app`
+`gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app` (or `lipsync serve`)
 
 One engine per worker process: models are compiled in `post_worker_init`, after the fork,
 so no OpenVINO threads exist in the master. Prometheus metrics of all workers are
 aggregated through a per-master directory (multiprocess mode), removed on exit.
-Values come from the environment (see README, "Configuration").
+Values come from `Settings.load()` (see README, "Configuration"): an invalid variable stops
+gunicorn at start with a message naming it.
 """
 
 import os
 import shutil
-from pathlib import Path
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
-workers = int(os.environ.get("LIPSYNC_WORKERS", "1"))
+from lipsync.settings import Settings
+
+_settings = Settings.load()
+
+bind = _settings.bind
+workers = _settings.workers
 # Threads per worker: generations beyond LIPSYNC_MAX_CONCURRENT wait in a bounded queue, and
 # one thread stays free for health checks and metrics while the others generate.
-threads = int(os.environ.get("LIPSYNC_THREADS", "4"))
+threads = _settings.threads
 worker_class = "gthread"
 # The arbiter kills a worker silent this long; generations are bounded well below it.
-timeout = int(os.environ.get("LIPSYNC_WORKER_TIMEOUT", "300"))
-graceful_timeout = int(os.environ.get("LIPSYNC_GRACEFUL_TIMEOUT", "60"))
+timeout = _settings.worker_timeout
+graceful_timeout = _settings.graceful_timeout
 # Idle keep-alive connections wait in gthread's poller, not in a thread. Keep them well past
 # a client's Retry-After pause, or its next request races the server closing the socket.
-keepalive = int(os.environ.get("LIPSYNC_KEEPALIVE_S", "30"))
+keepalive = _settings.keepalive_s
 accesslog = None  # the app logs one JSON line per request (logger "lipsync.access")
 errorlog = "-"
-loglevel = os.environ.get("LIPSYNC_LOG_LEVEL", "info")
+loglevel = _settings.log_level
 preload_app = False
 # No gunicornc control socket: it would live in $HOME, shared by every server of the user.
 control_socket_disable = True
 
-_metrics_root = Path(
-    os.environ.get(
-        "LIPSYNC_METRICS_DIR", Path(__file__).resolve().parents[2] / ".cache" / "metrics"
-    )
-)
-METRICS_DIR = _metrics_root / str(os.getpid())
+METRICS_DIR = _settings.metrics_dir / str(os.getpid())
 
 
 def on_starting(server):

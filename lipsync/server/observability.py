@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import uuid
+from datetime import UTC, datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -98,5 +99,7 @@ def metrics_payload() -> tuple[bytes, str]:
 
 
 def log_request(record: dict) -> None:
-    """One JSON line per request: ids, route, status, sizes, timings; never media content."""
-    access_log.info(json.dumps(record, separators=(",", ":"), default=str))
+    """One JSON line per request: time (UTC, ISO 8601), ids, route, status, sizes, timings;
+    never media content. configure_logging writes it bare, so every line parses as JSON."""
+    line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
+    access_log.info(json.dumps(line, separators=(",", ":"), default=str))

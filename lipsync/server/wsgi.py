@@ -1,7 +1,11 @@
-"""WSGI entry point: `gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app`."""
+"""WSGI entry point: `gunicorn -c python:lipsync.server.gunicorn_conf lipsync.server.wsgi:app`.
+
+Logging is configured here, in each worker, at LIPSYNC_LOG_LEVEL.
+"""
 
 from app import create_app
+from lipsync.settings import Settings
 from lipsync.util import configure_logging
 
-configure_logging()
+configure_logging(level=Settings.load().log_level)
 app = create_app()
