@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, cast
 
-from lipsync.errors import ServiceError
+from lipsync.errors import InvalidInputError
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, RenderOptions
 from lipsync.settings import FORMATS, Settings
 from lipsync.util import configure_logging
@@ -152,7 +152,7 @@ def generate(args: argparse.Namespace) -> int:
     try:
         options = RenderOptions(fps=args.fps, pads=tuple(args.pads), box=args.box, model=args.model)
         data = render(args.face, args.audio, options, container, settings, args.quiet)
-    except (ServiceError, ValueError) as exc:  # media, audio, face and option errors
+    except InvalidInputError as exc:  # media, audio, face and option errors
         raise UserError(getattr(exc, "message", str(exc))) from None
     except FileNotFoundError as exc:  # a model not installed
         return _fail(f"{exc} (convert the models: lipsync convert --help)", EXIT_FAILURE)
@@ -189,7 +189,7 @@ def render(
     speech = generation.decode_speech(audio_path.read_bytes(), settings)
     try:
         frames, video_fps = generation.decode_face(face.read_bytes(), settings)
-    except (ServiceError, ValueError) as exc:
+    except InvalidInputError as exc:
         raise UserError(f"face file {face}: {getattr(exc, 'message', exc)}") from None
     if video_fps is not None:  # a video keeps its own frame rate
         options = dataclasses.replace(options, fps=video_fps)
