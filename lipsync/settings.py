@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lipsync.options import BLEND_MODES, QUALITY_MODES
+
 ENV_PREFIX = "LIPSYNC_"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 FORMATS = ("webm", "mp4")
@@ -30,6 +32,9 @@ class Settings:
     batch_size: int = 16
     compile_on_start: bool = True
     default_format: str = "webm"
+    # Output size (standard: within 1280x720) and paste-back of requests that do not say.
+    default_quality: str = "standard"
+    default_blend: str = "soft"
     max_body_mb: float = 50.0
     max_audio_seconds: float = 300.0
     max_image_pixels: int = 4096 * 4096
@@ -67,6 +72,9 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name, allowed in (("default_quality", QUALITY_MODES), ("default_blend", BLEND_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.default_format not in FORMATS:
             raise ValueError(
                 f"default_format must be one of {FORMATS}, got {self.default_format!r}"
