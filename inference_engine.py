@@ -35,7 +35,7 @@ import audio
 from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
 from face_detection import s3fd as s3fd_module
 from lipsync import compositing
-from lipsync.media.sizing import fit_frames, scale_box
+from lipsync.media.sizing import fit_frames, scale_box, scale_rect
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
 from lipsync.runtime.wav2lip import (
@@ -114,35 +114,6 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
             for frame, (y1, y2, x1, x2) in zip(frames, boxes, strict=True)
         ]
     )
-
-
-def paste_faces(
-    frames: np.ndarray,
-    boxes: np.ndarray,
-    mouths: np.ndarray,
-    crops: np.ndarray | None = None,
-    blend: str = "none",
-) -> np.ndarray:
-    """Paste generated 96x96 faces into their frames, in place, and return the frames.
-
-    frames: (k, H, W, 3) uint8, writable and owned by the caller; boxes: (k, 4)
-    `(top, bottom, left, right)`; mouths, crops (the original faces, needed by "soft"):
-    (k, 96, 96, 3) uint8. blend "none" is the reference's paste.
-    """
-    if crops is None:
-        if blend != "none":
-            raise ValueError(f"blend {blend!r} needs the original crops")
-        crops = mouths
-    for frame, box, mouth, crop in zip(frames, boxes, mouths, crops, strict=True):
-        compositing.paste_face(frame, box, mouth, crop, blend)
-    return frames
-
-
-def _scale_rect(rect: Rect, source: tuple[int, ...], target: tuple[int, ...]) -> Rect:
-    """An `(x1, y1, x2, y2)` detection on (M, H, W, 3) `source` frames, on `target` ones."""
-    sx, sy = target[2] / source[2], target[1] / source[1]
-    x1, y1, x2, y2 = rect
-    return (int(x1 * sx), int(y1 * sy), int(x2 * sx), int(y2 * sy))
 
 
 @dataclass(frozen=True)
@@ -272,13 +243,9 @@ class Wav2LipInferenceEngine:
         except FaceNotDetectedError:
             if source is None or source.shape[1] <= frames.shape[1] + 1:
                 raise  # not reduced (at most an odd row cropped): nothing more to see
-            logger.info(
-                "no face at %dx%d, detecting at the input's %dx%d",
-                *frames.shape[2:0:-1],
-                *source.shape[2:0:-1],
-            )
+            logger.info("no face at %s, detecting at the input's size", frames.shape[1:3])
             rects = [
-                _scale_rect(r, source.shape, frames.shape)
+                scale_rect(r, source.shape, frames.shape)
                 for r in self.detect_faces(source, fill_missing)
             ]
         boxes = np.array([pad_box(r, pads, frames.shape[1:]) for r in rects], dtype=np.int64)
@@ -398,12 +365,10 @@ class Wav2LipInferenceEngine:
                     idx = order[first : first + self.batch_size]
                     share = weights[first : first + len(idx)]
                     active = np.flatnonzero(share > 0)
-                    batch = None
-                    if len(active) == len(idx):
-                        batch = start(mel_windows[first : first + len(idx)], idx)
-                    elif len(active):
-                        mels = mel_windows[first : first + len(idx)][active]
-                        batch = start(mels, idx[active])
+                    mels = mel_windows[first : first + len(idx)]
+                    if len(active) < len(idx):
+                        mels = mels[active]
+                    batch = start(mels, idx[active]) if len(active) else None
                     pending = _Batch(batch, idx, share, active)
                 else:
                     pending = None

@@ -219,3 +219,24 @@ def test_avatars_key_on_quality_and_reload_at_their_size(engine, face_image, tmp
     assert reloaded.quality == "standard"
     np.testing.assert_array_equal(reloaded.prepared.frames, avatar.prepared.frames)
     np.testing.assert_array_equal(reloaded.prepared.boxes, avatar.prepared.boxes)
+
+
+def test_talking_head_quality_mode_sets_model_and_output_size(
+    untrained_models, face_image, tmp_path
+):
+    from lipsync.talking_head import Wav2LipTalkingHead
+
+    path = tmp_path / "photo.jpg"
+    cv2.imwrite(str(path), cv2.resize(face_image, (2000, 1500)))
+    for mode, model, size in [
+        ("standard", "wav2lip", (960, 720)),
+        ("high", "wav2lip_gan", (1440, 1080)),
+    ]:
+        head = Wav2LipTalkingHead(
+            path, quality_mode=mode, model_path=untrained_models, box=(300, 900, 600, 1200)
+        )
+        info = head.get_model_info()
+        assert info["model"] == model and (info["output_width"], info["output_height"]) == size
+        prepared = head.preprocess_avatar()
+        assert (prepared["width"], prepared["height"]) == size
+        head.cleanup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipsync.options import FaceBox, output_size
+from lipsync.options import FaceBox, Rect, output_size
 
 
 def fit_frames(frames: np.ndarray, quality: str) -> np.ndarray:
@@ -40,3 +40,10 @@ def scale_box(box: FaceBox, source: tuple[int, int], target: tuple[int, int]) ->
         )
     sx, sy = target[0] / source[0], target[1] / source[1]
     return (round(top * sy), round(bottom * sy), round(left * sx), round(right * sx))
+
+
+def scale_rect(rect: Rect, source: tuple[int, ...], target: tuple[int, ...]) -> Rect:
+    """An `(x1, y1, x2, y2)` detection on (M, H, W, 3) `source` frames, on `target` ones."""
+    sx, sy = target[2] / source[2], target[1] / source[1]
+    x1, y1, x2, y2 = rect
+    return (int(x1 * sx), int(y1 * sy), int(x2 * sx), int(y2 * sy))
