@@ -53,6 +53,8 @@ class Wav2LipTalkingHead:
     ValueError for an unknown `quality_mode` ("standard" = wav2lip, output within 1280x720;
     "high" = wav2lip_gan, within 1920x1080) or an image that cannot be decoded.
     `model_path` is the directory of converted models (default: the service's `models/`).
+    `blend` and `silence_gate` are those of `RenderOptions` ("none" pastes like the
+    reference; the gate keeps the avatar's own frame in silence).
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class Wav2LipTalkingHead:
         precision: str = "auto",
         pads: tuple[int, int, int, int] = DEFAULT_PADS,
         box: tuple[int, int, int, int] | None = None,
+        blend: str = "soft",
+        silence_gate: bool = False,
     ) -> None:
         if quality_mode not in QUALITY_MODELS:
             raise ValueError(
@@ -78,7 +82,12 @@ class Wav2LipTalkingHead:
             raise FileNotFoundError(f"models directory not found: {self.settings.models_dir}")
         self.quality_mode = quality_mode
         self.options = RenderOptions(
-            pads=pads, box=box, model=QUALITY_MODELS[quality_mode], quality=quality_mode
+            pads=pads,
+            box=box,
+            model=QUALITY_MODELS[quality_mode],
+            quality=quality_mode,
+            blend=blend,
+            silence_gate=silence_gate,
         )
         self._image = video_io.decode_image(
             self.avatar_image_path.read_bytes(), max_pixels=self.settings.max_image_pixels

@@ -240,3 +240,18 @@ def test_talking_head_quality_mode_sets_model_and_output_size(
         prepared = head.preprocess_avatar()
         assert (prepared["width"], prepared["height"]) == size
         head.cleanup()
+
+
+def test_talking_head_takes_blend_and_silence_gate(untrained_models):
+    from conftest import ASSETS
+
+    from lipsync.talking_head import Wav2LipTalkingHead
+
+    image = ASSETS / "face.jpg"
+    head = Wav2LipTalkingHead(
+        image, model_path=untrained_models, blend="none", silence_gate=True, box=FACE_BOX
+    )
+    assert (head.options.blend, head.options.silence_gate) == ("none", True)
+    head.cleanup()
+    with pytest.raises(ValueError, match="blend"):
+        Wav2LipTalkingHead(image, model_path=untrained_models, blend="hard")
