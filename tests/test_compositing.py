@@ -161,3 +161,12 @@ def test_cross_fade_moves_monotonically_from_the_original_to_the_generated_face(
         paste_face(out, BOX, face, crop_of(frame), "soft", weight)
         distances.append(np.abs(out.astype(int) - frame).sum())
     assert (np.diff(distances) > 0).all()
+
+
+def test_blend_none_cross_fades_the_whole_box():
+    frame = np.zeros((100, 100, 3), np.uint8)
+    face = np.full((96, 96, 3), 200, np.uint8)
+    paste_face(frame, (10, 50, 20, 60), face, face, "none", 0.5)
+    assert (frame[10:50, 20:60] == 100).all()
+    frame[10:50, 20:60] = 0
+    assert not frame.any()  # nothing outside the box
