@@ -405,3 +405,21 @@ def num_video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RAT
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     frames = int(num_samples) * _check_fps(fps) / sample_rate
     return max(0, math.ceil(frames - _FRAME_COUNT_TOLERANCE))
+
+
+def window_level_db(windows: np.ndarray) -> np.ndarray:
+    """Loudness of mel windows: the loudest band of the loudest column, in dB on Wav2Lip's
+    mel scale (``20 * log10(mel) - REF_LEVEL_DB``, floor MIN_LEVEL_DB = digital silence).
+
+    windows: (N, N_MELS, MEL_WINDOW) normalised mel (as `mel_windows` cuts them), or one
+    window (N_MELS, MEL_WINDOW). Returns (N,) float32 (a 0-d array for one window).
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    peak = windows.max(axis=(-2, -1))
+    return (peak + MAX_ABS_VALUE) / (2 * MAX_ABS_VALUE) * -MIN_LEVEL_DB + MIN_LEVEL_DB
+
+
+def silent_windows(windows: np.ndarray, threshold_db: float) -> np.ndarray:
+    """The silence gate's decision per window: level below `threshold_db` (see
+    `window_level_db`). (N, N_MELS, MEL_WINDOW) -> (N,) bool."""
+    return window_level_db(windows) < threshold_db

@@ -8,7 +8,12 @@ step, so that with the same weights and f32 precision it produces the same frame
 2. crops resized to 96x96 (bilinear);
 3. per video frame i, the mel window starting at column int(i * 80 / fps);
 4. generator input: crop with its lower half zeroed + crop, /255; batches of `batch_size`;
-5. output * 255 truncated to uint8, resized (bilinear) to the box and pasted into the frame.
+5. output * 255 truncated to uint8, resized (bilinear) to the box and pasted into the frame
+   (`blend="none"`; the service's default `"soft"` blends the lower face only, see
+   `lipsync.compositing`).
+
+Before detection, frames are fitted to the quality mode's output size (`quality="original"`
+keeps them); with frames inside the bounds, as in the parity tests, nothing changes.
 
 Frames are produced batch by batch (`iter_frames`), so a caller can encode while the next
 batch is generated and never hold a whole long clip in memory.
@@ -29,7 +34,9 @@ import openvino as ov
 import audio
 from face_detection import FaceNotDetectedError, S3FDDetector, pad_box, smooth_boxes, validate_box
 from face_detection import s3fd as s3fd_module
+from lipsync import compositing
 from lipsync.errors import ErrorCode, LipSyncError
+from lipsync.media.sizing import fit_frames, scale_box, scale_rect
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
 from lipsync.runtime.wav2lip import (
@@ -112,15 +119,15 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     )
 
 
-def paste_faces(frames: np.ndarray, boxes: np.ndarray, mouths: np.ndarray) -> np.ndarray:
-    """Paste generated 96x96 faces into their frames, in place, and return the frames.
+@dataclass(frozen=True)
+class _Batch:
+    """Frames `idx` (source indices) of one output batch; `active` positions are generated,
+    with the generated share `share` per position; `batch` is None when none is."""
 
-    frames: (k, H, W, 3) uint8, writable and owned by the caller; boxes: (k, 4)
-    `(top, bottom, left, right)`; mouths: (k, 96, 96, 3) uint8.
-    """
-    for frame, (y1, y2, x1, x2), mouth in zip(frames, boxes, mouths, strict=True):
-        frame[y1:y2, x1:x2] = cv2.resize(mouth, (int(x2 - x1), int(y2 - y1)))
-    return frames
+    batch: PendingBatch | None
+    idx: np.ndarray
+    share: np.ndarray
+    active: np.ndarray
 
 
 class Wav2LipInferenceEngine:
@@ -227,9 +234,23 @@ class Wav2LipInferenceEngine:
         pads: tuple[int, int, int, int],
         smooth: bool,
         fill_missing: bool = False,
+        source: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The reference's `face_detect`: detect, pad, clip, smooth. -> (M, 4) int64."""
-        rects = self.detect_faces(frames, fill_missing)
+        """The reference's `face_detect`: detect, pad, clip, smooth. -> (M, 4) int64.
+
+        `source`: the same frames at a larger size (before `fit_frames`); when the
+        detector finds no face in `frames`, it looks in these and scales the detections.
+        """
+        try:
+            rects = self.detect_faces(frames, fill_missing)
+        except FaceNotDetectedError:
+            if source is None or source.shape[1] <= frames.shape[1] + 1:
+                raise  # not reduced (at most an odd row cropped): nothing more to see
+            logger.info("no face at %s, detecting at the input's size", frames.shape[1:3])
+            rects = [
+                scale_rect(r, source.shape, frames.shape)
+                for r in self.detect_faces(source, fill_missing)
+            ]
         boxes = np.array([pad_box(r, pads, frames.shape[1:]) for r in rects], dtype=np.int64)
         if smooth:
             boxes = smooth_boxes(boxes)
@@ -246,16 +267,24 @@ class Wav2LipInferenceEngine:
         max_frames: int | None = None,
         timings: MutableMapping[str, float] | None = None,
     ) -> PreparedFace:
-        """Boxes and crops for an image or the first `max_frames` frames of a video."""
+        """Boxes and crops for an image or the first `max_frames` frames of a video.
+
+        The frames are first fitted to `options.quality` (an explicit box is given on the
+        input's pixels and scaled with them); the prepared frames are the output's.
+        """
         options = options or RenderOptions()
-        frames = as_frames(face)[:max_frames]
+        source = as_frames(face)[:max_frames]
+        with timed(timings, "resize"):
+            frames = fit_frames(source, options.quality)
         with timed(timings, "detect"):
             if options.box is not None:
-                box = validate_box(options.box, frames.shape[1:])
+                box = validate_box(options.box, source.shape[1:])
+                box = scale_box(box, source.shape[2:0:-1], frames.shape[2:0:-1])
+                box = validate_box(box, frames.shape[1:])
                 boxes = np.tile(np.array(box, dtype=np.int64), (len(frames), 1))
             else:
                 boxes = self.face_boxes(
-                    frames, options.pads, options.smooth, options.fill_missing_faces
+                    frames, options.pads, options.smooth, options.fill_missing_faces, source
                 )
             crops = crop_faces(frames, boxes)
         return PreparedFace(frames=frames, boxes=boxes, crops=crops)
@@ -298,10 +327,16 @@ class Wav2LipInferenceEngine:
         mel_windows: np.ndarray | audio.MelWindows,
         model: str = "wav2lip",
         timings: MutableMapping[str, float] | None = None,
+        *,
+        blend: str = "soft",
+        weights: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size.
 
         mel_windows: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
+        blend: "soft" (lower face, feathered, colour-matched) or "none" (the reference).
+        weights: (N,) float32 generated share per frame (the silence gate's
+        `compositing.gate_weights`); frames at 0 are the avatar's own, without inference.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
@@ -321,33 +356,56 @@ class Wav2LipInferenceEngine:
                 return generator.start(mels, prepared.inputs[idx])
 
         order = frame_order(len(mel_windows), prepared.num_frames)
-        pending: tuple[PendingBatch, np.ndarray] | None = None
+        if weights is None:
+            weights = np.ones(len(order), np.float32)
+        elif len(weights) != len(order):
+            raise ValueError(f"weights must have {len(order)} values, got {len(weights)}")
+        pending: _Batch | None = None
         try:
             for first in [*range(0, len(order), self.batch_size), None]:
                 running = pending
                 if first is not None:
                     idx = order[first : first + self.batch_size]
-                    pending = (start(mel_windows[first : first + len(idx)], idx), idx)
+                    share = weights[first : first + len(idx)]
+                    active = np.flatnonzero(share > 0)
+                    mels = mel_windows[first : first + len(idx)]
+                    if len(active) < len(idx):
+                        mels = mels[active]
+                    batch = start(mels, idx[active]) if len(active) else None
+                    pending = _Batch(batch, idx, share, active)
                 else:
                     pending = None
                 if running is not None:
-                    yield self._finish(prepared, *running, timings)
+                    yield self._finish(prepared, running, blend, timings)
         finally:
-            if pending is not None:  # the caller stopped early: let the request finish
-                pending[0].wait()
+            if pending is not None and pending.batch is not None:
+                pending.batch.wait()  # the caller stopped early: let the request finish
 
     @staticmethod
     def _finish(
         prepared: PreparedFace,
-        batch: PendingBatch,
-        idx: np.ndarray,
+        running: _Batch,
+        blend: str,
         timings: MutableMapping[str, float] | None,
     ) -> np.ndarray:
+        # Fancy indexing copies, so the pasted frames never alias the prepared ones.
+        frames = prepared.frames[running.idx]
+        if running.batch is None:
+            return frames
         with timed(timings, "infer"):
-            mouths = batch.wait()
+            mouths = running.batch.wait()
         with timed(timings, "paste"):
-            # Fancy indexing copies, so the pasted frames never alias the prepared ones.
-            return paste_faces(prepared.frames[idx], prepared.boxes[idx], mouths)
+            for position, mouth in zip(running.active, mouths, strict=True):
+                source = running.idx[position]
+                compositing.paste_face(
+                    frames[position],
+                    prepared.boxes[source],
+                    mouth,
+                    prepared.crops[source],
+                    blend,
+                    float(running.share[position]),
+                )
+        return frames
 
     def render(
         self,
@@ -360,16 +418,26 @@ class Wav2LipInferenceEngine:
         smooth: bool = True,
         model: str = "wav2lip",
         num_frames: int | None = None,
+        blend: str = "soft",
+        quality: str = "standard",
     ) -> np.ndarray:
-        """Full frames with synced lips: (N, H, W, 3) uint8 BGR.
+        """Full frames with synced lips: (N, h, w, 3) uint8 BGR at `quality`'s output size.
 
         face: BGR image or video frames; speech: path, bytes or 16 kHz float array; box:
-        explicit `(top, bottom, left, right)` that skips detection. N follows the reference's
-        mel windowing unless `num_frames` asks for an exact count.
+        explicit `(top, bottom, left, right)` on the input that skips detection. N follows
+        the reference's mel windowing unless `num_frames` asks for an exact count.
+        `blend="none"` with frames inside the quality's bounds is the reference exactly.
         """
         options = RenderOptions(
-            fps=fps, pads=(*pads,), box=None if box is None else (*box,), smooth=smooth, model=model
+            fps=fps,
+            pads=(*pads,),
+            box=None if box is None else (*box,),
+            smooth=smooth,
+            model=model,
+            blend=blend,
+            quality=quality,
         )
         mel_windows = self.audio_to_mel_windows(speech, options.fps, num_frames)
         prepared = self.prepare_face(face, options, max_frames=len(mel_windows))
-        return np.concatenate(list(self.iter_frames(prepared, mel_windows, options.model)))
+        batches = self.iter_frames(prepared, mel_windows, options.model, blend=options.blend)
+        return np.concatenate(list(batches))

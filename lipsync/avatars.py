@@ -1,11 +1,13 @@
 """Avatar store: faces prepared once (detection, boxes, 96x96 crops), reused by id.
 
 An avatar id is the sha256 (first 32 hex digits) of the uploaded file's bytes and the
-face-preparation options (pads, box, smooth): the same file with the same options always
-gets the same id. Prepared avatars live in a byte-bounded in-memory LRU and, when
-registered, on disk under `directory/<id>/` (written to a temporary directory and renamed
-into place, so readers never see a partial avatar), where a restarted process or another
-gunicorn worker finds them without running the detector again.
+face-preparation options (pads, box, smooth, quality): the same file with the same options
+always gets the same id. The quality mode fixes the avatar's frame size (frames are fitted
+to it once, before detection), so one file has an avatar per quality. Prepared avatars
+live in a byte-bounded in-memory LRU and, when registered, on disk under `directory/<id>/`
+(written to a temporary directory and renamed into place, so readers never see a partial
+avatar), where a restarted process or another gunicorn worker finds them without running
+the detector again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from inference_engine import PreparedFace
 from lipsync.errors import ErrorCode, InvalidFieldError
+from lipsync.media.sizing import fit_frames
 from lipsync.options import RenderOptions
 from lipsync.util import timed
 
@@ -38,6 +41,8 @@ META_FILE = "meta.json"
 SOURCE_FILE = "source.bin"
 BOXES_FILE = "boxes.npy"
 CROPS_FILE = "crops.npy"
+# Avatars stored before quality modes existed were prepared at the input's size.
+STORED_QUALITY_BEFORE_MODES = "original"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Avatar:
     box: tuple[int, int, int, int] | None
     smooth: bool
     created: float
+    quality: str = "standard"
 
     @property
     def nbytes(self) -> int:
@@ -71,6 +77,7 @@ class Avatar:
             "pads": list(self.pads),
             "box": list(self.box) if self.box else None,
             "smooth": self.smooth,
+            "quality": self.quality,
             "created_at": self.created,
         }
 
@@ -83,6 +90,7 @@ def avatar_id_for(data: bytes, options: RenderOptions) -> str:
         options.box and list(options.box),
         options.smooth,
         options.fill_missing_faces,
+        options.quality,
     ]
     digest.update(json.dumps(face_options).encode())
     return digest.hexdigest()[:32]
@@ -163,6 +171,7 @@ class AvatarStore:
                     box=options.box,
                     smooth=options.smooth,
                     created=time.time(),
+                    quality=options.quality,
                 )
                 self._remember(avatar)
             if persist and self.directory and not (self.directory / avatar_id).is_dir():
@@ -236,7 +245,9 @@ class AvatarStore:
             crops = np.load(folder / CROPS_FILE, allow_pickle=False)
         except FileNotFoundError:
             return None
+        quality = meta.get("quality", STORED_QUALITY_BEFORE_MODES)
         frames, fps = self._decode(data)
+        frames = fit_frames(frames, quality)
         logger.info("loaded avatar %s from %s", avatar_id, folder)
         return Avatar(
             avatar_id=avatar_id,
@@ -247,4 +258,5 @@ class AvatarStore:
             box=tuple(meta["box"]) if meta["box"] else None,
             smooth=meta["smooth"],
             created=meta["created_at"],
+            quality=quality,
         )

@@ -15,6 +15,7 @@ import numpy as np
 
 import audio
 from inference_engine import PreparedFace, Wav2LipInferenceEngine
+from lipsync import compositing
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.media.encode import EncodedVideo, encode_video
 from lipsync.media.encode_options import EncodeOptions
@@ -41,11 +42,17 @@ class Speech:
         return len(self.track) / self.track_rate
 
 
+# Mel windows measured per step when deciding the silence gate (bounds memory).
+GATE_CHUNK_WINDOWS = 512
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     video: EncodedVideo
     fps: float
     timings_ms: dict[str, float]
+    # Frames the silence gate showed as the avatar's own, without inference (0: gate off).
+    silent_frames: int = 0
 
 
 def decode_speech(data: bytes, settings: Settings) -> Speech:
@@ -108,6 +115,23 @@ def speech_mel_windows(speech: Speech, fps: float) -> audio.MelWindows:
     return audio.MelWindows(audio.melspectrogram(speech.model_input), fps, num_frames)
 
 
+def gate_weights(windows: audio.MelWindows | np.ndarray, options: RenderOptions) -> np.ndarray:
+    """Generated share per frame under the options' silence gate: (N,) float32 in [0, 1]
+    (all 1 with the gate off). See `audio.silent_windows`, `compositing.gate_weights`."""
+    if not options.silence_gate:
+        return np.ones(len(windows), np.float32)
+    silent = np.concatenate(
+        [
+            audio.silent_windows(
+                windows[start : start + GATE_CHUNK_WINDOWS], options.silence_threshold_db
+            )
+            for start in range(0, len(windows), GATE_CHUNK_WINDOWS)
+        ]
+        or [np.zeros(0, bool)]
+    )
+    return compositing.gate_weights(silent, options.silence_fade_frames)
+
+
 def _single_frames(
     batches: Iterator[np.ndarray],
     timings: MutableMapping[str, float],
@@ -156,8 +180,12 @@ def generate(
     timings = {} if timings is None else timings
     with timed(timings, "mel"):
         windows = speech_mel_windows(speech, options.fps)
+    with timed(timings if options.silence_gate else None, "gate"):
+        weights = gate_weights(windows, options)
     height, width = prepared.frames.shape[1:3]
-    batches = engine.iter_frames(prepared, windows, options.model, timings)
+    batches = engine.iter_frames(
+        prepared, windows, options.model, timings, blend=options.blend, weights=weights
+    )
     frames = _single_frames(batches, timings, check)
     if on_frames is not None:
         frames = _counted(frames, len(windows), on_frames)
@@ -176,4 +204,5 @@ def generate(
         video=video,
         fps=options.fps,
         timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in timings.items()},
+        silent_frames=int(np.count_nonzero(weights == 0)),
     )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lipsync.options import BLEND_MODES, QUALITY_MODES
+
 ENV_PREFIX = "LIPSYNC_"
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 FORMATS = ("webm", "mp4")
@@ -40,7 +42,12 @@ POSITIVE_NUMBERS = (
 )
 NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
 # Fields whose value is one of a few names.
-CHOICES = {"default_format": FORMATS, "log_level": LOG_LEVELS}
+CHOICES = {
+    "default_format": FORMATS,
+    "default_quality": QUALITY_MODES,
+    "default_blend": BLEND_MODES,
+    "log_level": LOG_LEVELS,
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,9 @@ class Settings:
     batch_size: int = 16
     compile_on_start: bool = True
     default_format: str = "webm"
+    # Output size (standard: within 1280x720) and paste-back of requests that do not say.
+    default_quality: str = "standard"
+    default_blend: str = "soft"
     max_body_mb: float = 50.0
     max_audio_seconds: float = 300.0
     max_image_pixels: int = 4096 * 4096

@@ -25,9 +25,11 @@ from lipsync import generation
 from lipsync.errors import InvalidFieldError
 from lipsync.media.encode_options import ContainerName, EncodeOptions
 from lipsync.media.images import decode_image
-from lipsync.options import DEFAULT_PADS, RenderOptions
+from lipsync.options import DEFAULT_PADS, RenderOptions, output_size
 from lipsync.settings import Settings
 
+# A quality mode is a generator and an output size (`lipsync.options.QUALITY_BOUNDS`):
+# standard fits 1280x720 with the base model, high 1920x1080 with the GAN-trained one.
 QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
 CONTAINERS: dict[str, ContainerName] = {".webm": "webm", ".mp4": "mp4"}
 # Speech used to measure throughput when no generation has run yet.
@@ -40,9 +42,11 @@ class Wav2LipTalkingHead:
     Raises FileNotFoundError when the image or the models directory does not exist (and
     for a missing model, `inference_engine.ModelNotFoundError`), and ValueError (a
     `lipsync.errors.InvalidInputError` with `.code` and `.field`, or a media error) for an
-    unknown `quality_mode` ("standard" = wav2lip, "high" = wav2lip_gan), an image that
-    cannot be decoded, unusable audio or options out of range. `model_path` is the
-    directory of converted models (default: the service's `models/`).
+    unknown `quality_mode` ("standard" = wav2lip, output within 1280x720; "high" =
+    wav2lip_gan, within 1920x1080), an image that cannot be decoded, unusable audio or
+    options out of range. `model_path` is the directory of converted models (default: the
+    service's `models/`). `blend` and `silence_gate` are those of `RenderOptions` ("none"
+    pastes like the reference; the gate keeps the avatar's own frame in silence).
     """
 
     def __init__(
@@ -55,6 +59,8 @@ class Wav2LipTalkingHead:
         precision: str = "auto",
         pads: tuple[int, int, int, int] = DEFAULT_PADS,
         box: tuple[int, int, int, int] | None = None,
+        blend: str = "soft",
+        silence_gate: bool = False,
     ) -> None:
         if quality_mode not in QUALITY_MODELS:
             raise InvalidFieldError(
@@ -67,7 +73,14 @@ class Wav2LipTalkingHead:
         if not self.settings.models_dir.is_dir():
             raise FileNotFoundError(f"models directory not found: {self.settings.models_dir}")
         self.quality_mode = quality_mode
-        self.options = RenderOptions(pads=pads, box=box, model=QUALITY_MODELS[quality_mode])
+        self.options = RenderOptions(
+            pads=pads,
+            box=box,
+            model=QUALITY_MODELS[quality_mode],
+            quality=quality_mode,
+            blend=blend,
+            silence_gate=silence_gate,
+        )
         self._image = decode_image(
             self.avatar_image_path.read_bytes(), max_pixels=self.settings.max_image_pixels
         )
@@ -84,10 +97,17 @@ class Wav2LipTalkingHead:
         return self._engine
 
     def preprocess_avatar(self) -> dict[str, Any]:
-        """Detect the face once (later calls are free). -> the face box and image size."""
+        """Fit the image to the quality's size and detect the face, once (later calls are
+        free). -> the face box on the output frame and the output size."""
         top, bottom, left, right = (int(v) for v in self._prepared_face().boxes[0])
-        height, width = self._image.shape[:2]
+        width, height = self.output_size
         return {"box": [top, bottom, left, right], "width": width, "height": height}
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the generated video."""
+        height, width = self._image.shape[:2]
+        return output_size(width, height, self.options.quality)
 
     def generate(
         self,
@@ -134,13 +154,17 @@ class Wav2LipTalkingHead:
         )
 
     def get_model_info(self) -> dict[str, Any]:
-        """Device, precision, model, OpenVINO version, per-model status and measured speed."""
+        """Device, precision, model, output resolution, OpenVINO version, per-model status and
+        measured speed."""
         engine = self.engine
+        width, height = self.output_size
         return {
             "device": engine.device,
             "precision": engine.precision,
             "quality_mode": self.quality_mode,
             "model": self.options.model,
+            "output_width": width,
+            "output_height": height,
             "models_dir": str(self.settings.models_dir),
             "openvino_version": ov.get_version(),
             "models": engine.model_status(),

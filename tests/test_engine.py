@@ -1,4 +1,7 @@
-"""Wav2LipInferenceEngine against the PyTorch oracle of the reference pipeline, in f32."""
+"""Wav2LipInferenceEngine against the PyTorch oracle of the reference pipeline, in f32.
+
+Parity runs paste like the reference (`blend="none"`); the service's soft blend is tested
+in test_compositing.py."""
 
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def test_detection_matches_the_reference(engine, torch_nets, small_face):
 
 def test_render_with_detection_matches_the_reference(engine, torch_nets, small_face, speech):
     reference = reference_pipeline.render(*torch_nets, [small_face], speech, fps=25)
-    ours = engine.render(small_face, speech, fps=25)
+    ours = engine.render(small_face, speech, fps=25, blend="none")
     assert len(ours) == len(reference_pipeline.mel_windows(reference_pipeline.mel(speech), 25))
     assert_frames_match(ours, reference)
     # The mouth region really changed (the generator output was pasted).
@@ -77,7 +80,7 @@ def test_render_with_explicit_box_matches_the_reference(
     engine, torch_nets, face_image, speech, fps
 ):
     reference = reference_pipeline.render(*torch_nets, [face_image], speech, fps=fps, box=FACE_BOX)
-    ours = engine.render(face_image, speech, fps=fps, box=FACE_BOX)
+    ours = engine.render(face_image, speech, fps=fps, box=FACE_BOX, blend="none")
     assert_frames_match(ours, reference)
     top, bottom, left, right = FACE_BOX
     outside = np.ones(face_image.shape[:2], bool)
@@ -90,7 +93,7 @@ def test_video_render_matches_the_reference_with_smoothing(engine, torch_nets, s
     frames = [np.roll(small_face, shift, axis=1) for shift in range(0, 48, 4)]
     short = speech[: int(0.45 * audio.SAMPLE_RATE)]  # fewer windows than frames, like the reference
     reference = reference_pipeline.render(*torch_nets, frames, short, fps=25)
-    ours = engine.render(frames, short, fps=25)
+    ours = engine.render(frames, short, fps=25, blend="none")
     assert_frames_match(ours, reference)
 
 
@@ -100,7 +103,7 @@ def test_video_longer_speech_plays_back_and_forth(engine):
     frames = np.stack([np.full((64, 64, 3), 40 * i, np.uint8) for i in range(4)])
     prepared = engine.prepare_face(frames, RenderOptions(box=(0, 64, 0, 64)))
     mels = np.zeros((10, audio.N_MELS, audio.MEL_WINDOW), np.float32)
-    out = np.concatenate(list(engine.iter_frames(prepared, mels)))
+    out = np.concatenate(list(engine.iter_frames(prepared, mels, blend="none")))
     assert len(out) == 10
     # Every output frame is fully replaced by its generated face; the source order shows
     # through the generator only, so compare against generating each source frame alone.

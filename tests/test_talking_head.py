@@ -66,6 +66,7 @@ def test_quality_modes_and_model_info(untrained_models, tmp_path):
     info = head.get_model_info()
     assert info["model"] == "wav2lip_gan" and info["quality_mode"] == "high"
     assert info["device"] == "CPU" and info["openvino_version"]
+    assert (info["output_width"], info["output_height"]) == (512, 512)  # within 1920x1080
     head.generate(SPEECH, tmp_path / "gan.webm")
     assert head.get_model_info()["models"]["wav2lip_gan"]["compiled"]
     assert not head.get_model_info()["models"]["wav2lip"]["compiled"]

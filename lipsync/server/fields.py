@@ -170,7 +170,8 @@ def non_negative(values: list[int] | None) -> list[int] | None:
 
 
 def number(minimum: float, maximum: float, description: str, default: float) -> Any:
-    text = {"type": "string", "pattern": r"^\s*[+]?\d+(\.\d+)?\s*$"}
+    sign = "[+-]" if minimum < 0 else "[+]"
+    text = {"type": "string", "pattern": rf"^\s*{sign}?\d+(\.\d+)?\s*$"}
     return Annotated[
         float | None,
         BeforeValidator(parse_number),
@@ -185,6 +186,34 @@ def number(minimum: float, maximum: float, description: str, default: float) -> 
         ),
         Field(json_schema_extra={"default": default}),
         Form({**text, "description": f"a number {minimum:g}..{maximum:g}"}),
+    ]
+
+
+def parse_integer(value: Any) -> int | None:
+    """An integer, or its text ("3"); not a bool, not 2.5."""
+    number = parse_number(value)
+    if number is None:
+        return None
+    if isinstance(value, bool) or not number.is_integer():
+        raise refuse("must be an integer", value)
+    return int(number)
+
+
+def integer(minimum: int, maximum: int, description: str, default: int) -> Any:
+    return Annotated[
+        int | None,
+        BeforeValidator(parse_integer),
+        AfterValidator(lambda value: in_range(value, minimum, maximum)),
+        WithJsonSchema(
+            {
+                "type": ["integer", "null"],
+                "minimum": minimum,
+                "maximum": maximum,
+                "description": description,
+            }
+        ),
+        Field(json_schema_extra={"default": default}),
+        Form({"type": "string", "pattern": r"^\s*[+]?\d+\s*$"}),
     ]
 
 

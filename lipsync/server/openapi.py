@@ -58,6 +58,7 @@ VIDEO_HEADERS = {
     "X-Width": ("integer", "encoded width (even)"),
     "X-Height": ("integer", "encoded height (even)"),
     "X-Avatar-Id": ("string", "the avatar the video was made from"),
+    "X-Silent-Frames": ("integer", "frames the silence gate kept as the avatar's own"),
     "X-Mime-Type": ("string", "`video/webm` or `video/mp4`"),
     "X-Timings-Ms": ("string", "stage timings in milliseconds, as a JSON object"),
 }

@@ -7,15 +7,37 @@ request field is one line in a request model (plus its handling in the route).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from lipsync.errors import ErrorCode
-from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, MAX_FPS, RenderOptions
-from lipsync.server.fields import AVATAR_ID_REGEX, AvatarId, choice, flag, int_list, media, number
+from lipsync.options import (
+    BLEND_MODES,
+    DEFAULT_PADS,
+    DEFAULT_SILENCE_FADE_FRAMES,
+    DEFAULT_SILENCE_THRESHOLD_DB,
+    GENERATOR_NAMES,
+    MAX_FPS,
+    MAX_SILENCE_FADE_FRAMES,
+    MAX_SILENCE_THRESHOLD_DB,
+    MIN_SILENCE_THRESHOLD_DB,
+    QUALITY_MODES,
+    RenderOptions,
+)
+from lipsync.server.fields import (
+    AVATAR_ID_REGEX,
+    AvatarId,
+    choice,
+    flag,
+    int_list,
+    integer,
+    media,
+    number,
+)
 from lipsync.server.fields import refuse as _refuse
-from lipsync.settings import FORMATS
+from lipsync.settings import FORMATS, Settings
 
 MAX_FPS_DOC = int(MAX_FPS) if float(MAX_FPS).is_integer() else MAX_FPS
 ONE_FACE = [{"required": ["image"]}, {"required": ["video"]}]
@@ -42,6 +64,14 @@ class FaceOptions(BaseModel):
         default=None,
     ) = None
     smooth: flag("average face boxes over 5 frames (videos)", default=True) = None
+    quality: choice(
+        QUALITY_MODES,
+        "output size: `standard` fits within 1280×720 (portrait 720×1280), `high` within "
+        "1920×1080, `original` keeps the input's size; never enlarged, aspect ratio kept, even "
+        "sizes. Applied once per avatar, before face detection (default: the server's "
+        "LIPSYNC_DEFAULT_QUALITY). With `avatar_id` it must match the avatar's.",
+        default=QUALITY_MODES[0],
+    ) = None
 
 
 class RenderFields(BaseModel):
@@ -61,18 +91,52 @@ class RenderFields(BaseModel):
         default=FORMATS[0],
     ) = None
     model: choice(GENERATOR_NAMES, "generator weights", default=GENERATOR_NAMES[0]) = None
+    blend: choice(
+        BLEND_MODES,
+        "`soft`: only the lower face (mouth, chin, cheeks below the nose) takes generated "
+        "pixels, through a feathered mask colour-matched to the skin around it; everything "
+        "else keeps the original pixels. `none`: the whole face box is replaced, as the "
+        "reference Wav2Lip does (for parity checks). Default: LIPSYNC_DEFAULT_BLEND.",
+        default=BLEND_MODES[0],
+    ) = None
+    silence_gate: flag(
+        "frames whose 0.2 s audio window peaks below `silence_threshold_db` show the avatar's "
+        "own frame without inference; switches cross-fade over `silence_fade_frames` frames",
+        default=False,
+    ) = None
+    silence_threshold_db: number(
+        MIN_SILENCE_THRESHOLD_DB,
+        MAX_SILENCE_THRESHOLD_DB,
+        "dB on Wav2Lip's mel scale (-100 = digital silence; speech peaks around -25..-45)",
+        default=DEFAULT_SILENCE_THRESHOLD_DB,
+    ) = None
+    silence_fade_frames: integer(
+        0,
+        MAX_SILENCE_FADE_FRAMES,
+        "frames over which generated and original frames cross-fade",
+        default=DEFAULT_SILENCE_FADE_FRAMES,
+    ) = None
 
-    def render_options(self, fill_missing_faces: bool) -> RenderOptions:
-        """The library's options: given fields, defaults for the rest."""
+    def render_options(self, settings: Settings) -> RenderOptions:
+        """The library's options: the given fields, the server's defaults, the rest default."""
         given = {
             name: getattr(self, name)
-            for name in ("fps", "pads", "box", "smooth", "model")
+            for name in RENDER_OPTION_NAMES
             if getattr(self, name, None) is not None
         }
         for name in ("pads", "box"):
             if name in given:
                 given[name] = tuple(given[name])
-        return RenderOptions(**given, fill_missing_faces=fill_missing_faces)
+        server_defaults = {
+            "quality": settings.default_quality,
+            "blend": settings.default_blend,
+            "fill_missing_faces": settings.fill_missing_faces,
+        }
+        return RenderOptions(**{**server_defaults, **given})
+
+
+# Request fields that are RenderOptions fields of the same name.
+RENDER_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RenderOptions))
 
 
 FACE_DOC = "JPEG/PNG/WebP/BMP/GIF face image, or an MP4/WebM/MOV face video."
@@ -170,9 +234,12 @@ class VideoMeta(BaseModel):
     width: int = Field(ge=1, description="encoded width (even)")
     height: int = Field(ge=1, description="encoded height (even)")
     avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
+    silent_frames: int = Field(
+        ge=0, description="frames the silence gate showed as the avatar's own (no inference)"
+    )
     timings_ms: dict[str, float] = Field(
-        description="milliseconds per stage (decode_face, detect, mel, infer, paste, encode; "
-        "absent stages were skipped, e.g. detect for a known avatar)"
+        description="milliseconds per stage (decode_face, resize, detect, mel, gate, infer, "
+        "paste, encode; absent stages were skipped, e.g. detect for a known avatar)"
     )
 
 
@@ -198,6 +265,9 @@ class Avatar(BaseModel):
     pads: Box = Field(min_length=4, max_length=4)
     box: Box | None = Field(min_length=4, max_length=4)
     smooth: bool
+    quality: Literal[QUALITY_MODES] = Field(  # type: ignore[valid-type]
+        description="the output size mode its frames were fitted to"
+    )
     created_at: float = Field(description="Unix time of registration")
 
 

@@ -19,15 +19,13 @@ from lipsync.avatars import AvatarStore
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
+from lipsync.server.openapi import VIDEO_HEADERS
 from lipsync.settings import Settings
 
 EXTENSION = "lipsync"
 PUBLIC_PATHS = frozenset({"/health/live"})
 CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-API-Key, X-Request-ID, Accept"
-CORS_EXPOSE_HEADERS = (
-    "X-Request-ID, X-Num-Frames, X-Duration, X-Fps, X-Width, X-Height, X-Avatar-Id, X-Mime-Type, "
-    "X-Timings-Ms, Retry-After"
-)
+CORS_EXPOSE_HEADERS = ", ".join([obs.REQUEST_ID_HEADER, *VIDEO_HEADERS, "Retry-After"])
 
 
 class Service:

@@ -54,7 +54,7 @@ def register_avatar():
     svc = service()
     svc.admission.refuse_if_saturated()
     req = parse_request(request, RegisterAvatarRequest)
-    options = req.render_options(svc.settings.fill_missing_faces)
+    options = req.render_options(svc.settings)
     with svc.admission.slot():  # detection on a video is as costly as a generation
         avatar, created = svc.store.get_or_create(req.face, options, persist=True)
     g.log_extra = {"avatar_id": avatar.avatar_id}

@@ -11,6 +11,8 @@ from flask import Response, g, jsonify, request
 from flask_openapi3 import APIBlueprint
 
 from lipsync import generation
+from lipsync.avatars import Avatar
+from lipsync.errors import InvalidFieldError
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
@@ -58,13 +60,14 @@ def generate_video():
     req = parse_request(request, GenerateRequest)
     binary, accepted_container = response_mode(request, req.response)
     fmt = req.format or accepted_container or settings.default_format
-    options = req.render_options(settings.fill_missing_faces)
+    options = req.render_options(settings)
     speech = generation.decode_speech(req.audio, settings)
     timings: dict[str, float] = {}
     with svc.admission.slot():
         deadline.check()
         if req.avatar_id is not None:
             avatar = lookup_avatar(req.avatar_id)
+            check_quality(req.quality, avatar)
         else:
             avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
         if avatar.fps is not None:
@@ -92,6 +95,7 @@ def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) ->
         "width": result.video.width,
         "height": result.video.height,
         "avatar_id": avatar_id,
+        "silent_frames": result.silent_frames,
         "timings_ms": result.timings_ms,
     }
     g.log_extra = {
@@ -106,6 +110,16 @@ def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) ->
         return Response(result.video.data, mimetype=result.video.mime_type, headers=headers)
     video = base64.b64encode(result.video.data).decode("ascii")
     return jsonify(GenerateResult(success=True, video=video, **meta).model_dump())
+
+
+def check_quality(requested: str | None, avatar: Avatar) -> None:
+    """An avatar's frames are fitted to its quality once: a request cannot ask another."""
+    if requested is not None and requested != avatar.quality:
+        raise InvalidFieldError(
+            "quality",
+            f"avatar {avatar.avatar_id} was registered with quality {avatar.quality!r}; "
+            f"register it again with quality {requested!r}",
+        )
 
 
 def _header(value: Any) -> str:
