@@ -13,6 +13,7 @@ from lipsync.options import DEFAULT_PADS, RenderOptions
 from lipsync.server import openapi
 from lipsync.server.parsing import field_error, validate
 from lipsync.server.schemas import GenerateRequest, RegisterAvatarRequest
+from lipsync.settings import Settings
 
 FACE = b"\x89PNG fake face"
 SPEECH = b"RIFF fake speech"
@@ -137,9 +138,9 @@ def test_unknown_fields_are_ignored():
 
 
 def test_render_options_take_defaults_for_what_is_not_given():
-    assert parsed().render_options(fill_missing_faces=False) == RenderOptions()
+    assert parsed().render_options(Settings()) == RenderOptions()
     options = parsed(fps="30", pads="1,2,3,4", box="5,6,7,8", smooth="0", model="wav2lip_gan")
-    assert options.render_options(fill_missing_faces=True) == RenderOptions(
+    assert options.render_options(Settings(fill_missing_faces=True)) == RenderOptions(
         fps=30.0,
         pads=(1, 2, 3, 4),
         box=(5, 6, 7, 8),
@@ -148,6 +149,50 @@ def test_render_options_take_defaults_for_what_is_not_given():
         fill_missing_faces=True,
     )
     assert RenderOptions().pads == DEFAULT_PADS
+
+
+def test_quality_and_blend_default_to_the_servers_settings():
+    server = Settings(default_quality="original", default_blend="none")
+    assert parsed().render_options(server) == RenderOptions(quality="original", blend="none")
+    given = parsed(quality="high", blend="soft").render_options(server)
+    assert (given.quality, given.blend) == ("high", "soft")
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "value"),
+    [
+        ("quality", "original", "original"),
+        ("blend", "none", "none"),
+        ("silence_gate", "1", True),
+        ("silence_gate", False, False),
+        ("silence_threshold_db", "-70.5", -70.5),
+        ("silence_threshold_db", -100, -100.0),
+        ("silence_fade_frames", "5", 5),
+        ("silence_fade_frames", 0, 0),
+    ],
+)
+def test_output_quality_fields_reach_the_render_options(field, given, value):
+    options = parsed(**{field: given}).render_options(Settings())
+    assert getattr(options, field) == value
+
+
+@pytest.mark.parametrize(
+    ("field", "given"),
+    [
+        ("quality", "ultra"),
+        ("blend", "hard"),
+        ("silence_gate", "maybe"),
+        ("silence_threshold_db", 5),
+        ("silence_threshold_db", "-inf"),
+        ("silence_fade_frames", 2.5),
+        ("silence_fade_frames", True),
+        ("silence_fade_frames", 26),
+        ("silence_fade_frames", "three"),
+    ],
+)
+def test_output_quality_fields_refuse_bad_values(field, given):
+    error = refusal(**{field: given})
+    assert (error.code, error.field) == (ErrorCode.INVALID_FIELD, field)
 
 
 def test_pydantic_errors_map_to_codes():
