@@ -40,8 +40,12 @@ WORKDIR /build
 COPY requirements.txt requirements-dev.txt ./
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements-dev.txt
 
+# The converter and what it imports: tools/ (checkpoints, downloads, random init, IR export),
+# networks/, lipsync/util.py.
 COPY convert_to_openvino.py ./
 COPY networks/ ./networks/
+COPY tools/ ./tools/
+COPY lipsync/__init__.py lipsync/util.py ./lipsync/
 COPY checkpoint[s] ./checkpoints/
 
 ARG UNTRAINED=0
