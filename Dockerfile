@@ -41,9 +41,11 @@ COPY requirements.txt requirements-conversion.txt ./
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
         -r requirements.txt -r requirements-conversion.txt
 
-# The converter and what it imports: the PyTorch networks and lipsync/ (its small helpers).
+# The converter and what it imports: tools/ (checkpoints, downloads, random init, IR export),
+# networks/ and lipsync/ (its small helpers).
 COPY convert_to_openvino.py ./
 COPY networks/ ./networks/
+COPY tools/ ./tools/
 COPY lipsync/ ./lipsync/
 COPY checkpoint[s] ./checkpoints/
 

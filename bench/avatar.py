@@ -1,13 +1,14 @@
 """Server time of a 5 s reply: registered avatar (no detection) vs the raw image (detection).
 
-    python bench/avatar.py [--models-dir DIR] [--repeats 5] [--size 720x576] [--speech 5]
+    python -m bench.avatar [--models-dir DIR] [--repeats 5] [--size 720x576] [--speech 5]
                            [--out bench/results/avatar.json]
 
 Starts the real gunicorn server on loopback (untrained random-init models when none are
 given: speed is the same, mouths are meaningless), registers a face image once, then times
 `--repeats` requests of each kind in alternation. Raw-image requests send a different image
 each time (one pixel changed), so none hits the avatar cache and each runs the detector as
-a first request from a new face would. Reports medians and the ratio.
+a first request from a new face would. Reports medians and the ratio. Run it from the project
+root.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from pathlib import Path
 import cv2
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.load import models_dir, speech_wav
+from tools import local_server
 
-from bench.load import models_dir, speech_wav  # noqa: E402
-from tools import local_server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def jpeg(size: tuple[int, int], variant: int) -> bytes:

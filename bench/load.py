@@ -1,13 +1,13 @@
 """Load test: K concurrent clients against the real gunicorn server on loopback.
 
-    python bench/load.py [--models-dir DIR] [--workers 2] [--concurrency 8] [--seconds 60]
+    python -m bench.load [--models-dir DIR] [--workers 2] [--concurrency 8] [--seconds 60]
                          [--rounds 3] [--speech 2.0] [--out bench/results/load.json]
 
 Starts the server (untrained random-init models when no trained ones are given), runs
 `--rounds` rounds of `--concurrency` clients for `--seconds` each (every client posts a
 generation, waits for the answer, and posts again), then reports per round: throughput,
 p50/p95 latency of 200s, the count of each status, and the workers' RSS before and after.
-Only loopback traffic; every loop is bounded in count and time.
+Only loopback traffic; every loop is bounded in count and time. Run it from the project root.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import numpy as np
 import requests
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tools import local_server
 
-from tools import local_server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FACE_BOX = [50, 180, 165, 280]  # test_assets/face.jpg
 MAX_REQUESTS_PER_CLIENT = 1000

@@ -50,7 +50,7 @@ from lipsync.media.encode_options import EncodeOptions
 from lipsync.options import RenderOptions
 from lipsync.settings import Settings
 from lipsync.util import batched
-from tools import quantize_int8
+from tools import generated_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"
@@ -149,7 +149,7 @@ def silence_gate_savings(
     engine: Wav2LipInferenceEngine, image: bytes, box, speech_s: float, repeats: int
 ) -> dict[str, Any]:
     """Speech then as much silence, on the 720p image, gate off vs on (alternating)."""
-    voiced = quantize_int8.speech_like(speech_s / 2, SAMPLE_RATE, seed=1)
+    voiced = generated_inputs.speech_like(speech_s / 2, SAMPLE_RATE, seed=1)
     wav = np.concatenate([voiced, np.zeros_like(voiced)])
     speech = generation.Speech(wav, SAMPLE_RATE, wav)
     frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)

@@ -28,10 +28,28 @@ SEED = 0
 FACE_BOX = (50, 180, 165, 280)
 
 
+# Every project module the converter imports (tests/test_convert.py checks that the list is
+# complete): an edit to any of them is a new cache key, so the test models are converted again.
+CONVERTER_SOURCES = (
+    "convert_to_openvino.py",
+    "lipsync/__init__.py",
+    "lipsync/util.py",
+    "networks/__init__.py",
+    "networks/s3fd.py",
+    "networks/wav2lip.py",
+    "tools/__init__.py",
+    "tools/checkpoint_download.py",
+    "tools/checkpoints.py",
+    "tools/ir_export.py",
+    "tools/random_init.py",
+)
+
+
 def _source_key() -> str:
+    """Cache key of the converted test models: the seed and the converter's source files."""
     digest = hashlib.sha256(str(SEED).encode())
-    for path in sorted([ROOT / "convert_to_openvino.py", *(ROOT / "networks").glob("*.py")]):
-        digest.update(path.read_bytes())
+    for name in sorted(CONVERTER_SOURCES):
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -65,16 +83,15 @@ def untrained_models() -> Path:
 def blind_models(untrained_models: Path) -> Path:
     """Like `untrained_models`, but the detector's face logits are pushed far down: it is
     a real network that never finds a face, for the face_not_detected paths."""
-    import convert_to_openvino
+    from tools.checkpoints import load_s3fd_state_dict
+    from tools.ir_export import convert_s3fd
 
     def build(tmp: Path) -> None:
-        state = convert_to_openvino.load_s3fd_state_dict(
-            untrained_models / "untrained-checkpoints" / "s3fd.pth"
-        )
+        state = load_s3fd_state_dict(untrained_models / "untrained-checkpoints" / "s3fd.pth")
         for name, tensor in state.items():
             if "mbox_conf" in name and name.endswith("bias"):
                 tensor[-1] = -1e4  # the face channel of every confidence head
-        convert_to_openvino.convert_s3fd(state, tmp / "face_detection.xml")
+        convert_s3fd(state, tmp / "face_detection.xml")
         for name in ("wav2lip", "wav2lip_gan"):
             for ext in (".xml", ".bin"):
                 os.symlink(untrained_models / f"{name}{ext}", tmp / f"{name}{ext}")

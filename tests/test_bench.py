@@ -1,4 +1,4 @@
-"""bench/pipeline.py --quick runs end to end and writes a well-formed report.
+"""python -m bench.pipeline --quick runs end to end and writes a well-formed report.
 
 Structure only: speed targets never go in unit tests (this machine is shared and noisy).
 """
@@ -32,7 +32,8 @@ def quick_run(untrained_models, tmp_path_factory, precision):
     out = tmp_path_factory.mktemp("bench") / "x.json"
     command = [
         sys.executable,
-        str(ROOT / "bench" / "pipeline.py"),
+        "-m",
+        "bench.pipeline",
         "--quick",
         "--no-torch-baseline",
         "--precisions",
@@ -98,14 +99,14 @@ def test_reference_write_makes_the_references_mp4(tmp_path):
     import av
     import soundfile as sf
 
-    from bench import pipeline as bench
+    from bench.torch_baseline import reference_write
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(10, 64, 96, 3), dtype=np.uint8)
     wav = tmp_path / "speech.wav"
     sf.write(wav, rng.uniform(-0.5, 0.5, 6400).astype(np.float32), 16000, subtype="PCM_16")
 
-    data = bench.reference_write(frames, 29.97, wav)
+    data = reference_write(frames, 29.97, wav)
 
     with av.open(io.BytesIO(data)) as mp4:
         video, sound = mp4.streams.video[0], mp4.streams.audio[0]

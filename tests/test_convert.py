@@ -1,4 +1,5 @@
-"""Tests of the PyTorch network definitions and of convert_to_openvino.py.
+"""Tests of the PyTorch network definitions and of convert_to_openvino.py (and its tools/
+modules: checkpoints, checkpoint_download, random_init, ir_export).
 
 One seeded random-init conversion is run per session (``converted``); most tests inspect its
 checkpoints, IR files and manifest.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ from torch.nn import functional as F
 import convert_to_openvino as conv
 from networks import S3FD, L2Norm, Wav2Lip
 from networks.wav2lip import ConvBlock
+from tools import checkpoint_download, checkpoints, ir_export, random_init
 
 SEED = 0
 slow = pytest.mark.slow  # needs the session's random-init conversion (~20 s)
@@ -73,12 +77,12 @@ def ckpt_dir(converted: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def wav2lip_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    return conv.load_wav2lip_state_dict(ckpt_dir / "wav2lip.pth")
+    return checkpoints.load_wav2lip_state_dict(ckpt_dir / "wav2lip.pth")
 
 
 @pytest.fixture(scope="session")
 def s3fd_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    return conv.load_s3fd_state_dict(ckpt_dir / "s3fd.pth")
+    return checkpoints.load_s3fd_state_dict(ckpt_dir / "s3fd.pth")
 
 
 @pytest.fixture(scope="session")
@@ -180,9 +184,9 @@ def test_random_s3fd_checkpoint_format(ckpt_dir: Path) -> None:
 
 @slow
 def test_random_init_same_seed_is_byte_identical(ckpt_dir: Path, tmp_path: Path) -> None:
-    again = conv.write_random_checkpoints(SEED, tmp_path)
+    again = random_init.write_random_checkpoints(SEED, tmp_path)
     for kind, path in again.items():
-        assert path.name == conv.CHECKPOINT_FILES[kind]
+        assert path.name == checkpoints.CHECKPOINT_FILES[kind]
         assert _file_sha256(path) == _file_sha256(ckpt_dir / path.name), kind
 
 
@@ -192,7 +196,7 @@ def test_random_init_different_seeds_differ(ckpt_dir: Path) -> None:
     gan = _raw(ckpt_dir / "wav2lip_gan.pth")["state_dict"]
     key = "module.face_encoder_blocks.0.0.conv_block.0.weight"
     assert not torch.equal(w[key], gan[key])
-    a, b = conv.random_s3fd_state_dict(11), conv.random_s3fd_state_dict(12)
+    a, b = random_init.random_s3fd_state_dict(11), random_init.random_s3fd_state_dict(12)
     assert not torch.equal(a["conv1_1.weight"], b["conv1_1.weight"])
     assert not torch.equal(a["fc7.bias"], b["fc7.bias"])
 
@@ -217,14 +221,14 @@ def test_prefixed_and_plain_keys_load_identically(
     assert set(wav2lip_state) == set(Wav2Lip().state_dict())  # "module." stripped
     plain = tmp_path / "plain.pth"
     torch.save({"state_dict": wav2lip_state}, plain)
-    reloaded = conv.load_wav2lip_state_dict(plain)
+    reloaded = checkpoints.load_wav2lip_state_dict(plain)
     assert all(torch.equal(reloaded[k], v) for k, v in wav2lip_state.items())
     # s3fd: a plain state_dict, and the same with a "module." prefix
     prefixed = tmp_path / "s3fd_prefixed.pth"
     torch.save({f"module.{k}": v for k, v in s3fd_state.items()}, prefixed)
-    reloaded = conv.load_s3fd_state_dict(prefixed)
+    reloaded = checkpoints.load_s3fd_state_dict(prefixed)
     assert all(torch.equal(reloaded[k], v) for k, v in s3fd_state.items())
-    model = conv.build_wav2lip(wav2lip_state)
+    model = checkpoints.build_wav2lip(wav2lip_state)
     assert not model.training
 
 
@@ -232,7 +236,7 @@ def test_prefixed_and_plain_keys_load_identically(
 def test_missing_num_batches_tracked_is_tolerated(s3fd_state: dict, wav2lip_state: dict) -> None:
     trimmed = {k: v for k, v in wav2lip_state.items() if not k.endswith("num_batches_tracked")}
     assert len(trimmed) == WAV2LIP_KEY_COUNT - 50
-    model = conv.build_wav2lip(trimmed)
+    model = checkpoints.build_wav2lip(trimmed)
     key = "audio_encoder.0.conv_block.1.running_var"
     assert torch.equal(model.state_dict()[key], wav2lip_state[key])
 
@@ -259,7 +263,7 @@ def test_mismatching_s3fd_checkpoint_is_refused(
     path = tmp_path / "bad.pth"
     torch.save(sd, path)
     with pytest.raises(ValueError, match=key) as info:
-        conv.load_s3fd_state_dict(path)
+        checkpoints.load_s3fd_state_dict(path)
     assert detail in str(info.value)
     if mutation == "shape":
         assert "(1024, 512, 3, 3)" in str(info.value)  # both shapes are named
@@ -288,7 +292,7 @@ def test_wrong_architecture_is_refused(s3fd_state: dict, tmp_path: Path) -> None
     path = tmp_path / "s3fd_as_wav2lip.pth"
     torch.save({"state_dict": s3fd_state}, path)
     with pytest.raises(ValueError, match="not a Wav2Lip checkpoint: checkpoint is missing key"):
-        conv.load_wav2lip_state_dict(path)
+        checkpoints.load_wav2lip_state_dict(path)
 
 
 @slow
@@ -297,8 +301,8 @@ def test_non_tensor_checkpoint_falls_back_with_warning(
 ) -> None:
     path = tmp_path / "pickled.pth"
     torch.save({"state_dict": s3fd_state, "args": argparse.Namespace(lr=1e-4)}, path)
-    with caplog.at_level("WARNING", logger=conv.__name__):
-        loaded = conv.load_s3fd_state_dict(path)
+    with caplog.at_level("WARNING", logger=checkpoints.__name__):
+        loaded = checkpoints.load_s3fd_state_dict(path)
     assert torch.equal(loaded["fc6.weight"], s3fd_state["fc6.weight"])
     assert "weights_only=False" in caplog.text
 
@@ -307,9 +311,9 @@ def test_unreadable_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        conv.load_s3fd_state_dict(path)
+        checkpoints.load_s3fd_state_dict(path)
     with pytest.raises(ValueError, match="not found"):
-        conv.load_s3fd_state_dict(tmp_path / "absent.pth")
+        checkpoints.load_s3fd_state_dict(tmp_path / "absent.pth")
 
 
 # --- Converted IR -----------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def test_detector_ir_interface(converted: Path, core: ov.Core) -> None:
 def test_verify_ir_rejects_static_dims(converted: Path) -> None:
     spec = {"image": [1, 3, -1, -1]}
     with pytest.raises(RuntimeError, match="image"):
-        conv.verify_ir(converted / "face_detection.xml", spec, conv.DETECTOR_OUTPUTS)
+        ir_export.verify_ir(converted / "face_detection.xml", spec, ir_export.DETECTOR_OUTPUTS)
 
 
 @slow
@@ -359,7 +363,7 @@ def test_wav2lip_ir_matches_pytorch(
     audio = torch.randn((batch, 1, 80, 16), generator=g) * 2.0
     faces = torch.rand((batch, 6, 96, 96), generator=g)
     with torch.no_grad():
-        expected = conv.build_wav2lip(wav2lip_state)(audio, faces).numpy()
+        expected = checkpoints.build_wav2lip(wav2lip_state)(audio, faces).numpy()
     compiled = core.compile_model(converted / "wav2lip.xml", "CPU", F32)
     got = compiled({"audio_sequences": audio.numpy(), "face_sequences": faces.numpy()})
     result = got["lipsync"]
@@ -375,7 +379,7 @@ def test_detector_ir_matches_pytorch(
     g = torch.Generator().manual_seed(size[0])
     image = torch.rand((2, 3, *size), generator=g) * 255.0 - PIXEL_MEAN
     with torch.no_grad():
-        expected = conv.build_s3fd(s3fd_state)(image)
+        expected = checkpoints.build_s3fd(s3fd_state)(image)
     compiled = core.compile_model(converted / "face_detection.xml", "CPU", F32)
     got = compiled({"image": image.numpy()})
     for name, ref in zip(DETECTOR_OUTPUTS, expected, strict=True):
@@ -389,7 +393,7 @@ def test_detector_ir_matches_pytorch(
 @slow
 def test_random_wav2lip_is_not_saturated(wav2lip_state: dict) -> None:
     g = torch.Generator().manual_seed(1)
-    model = conv.build_wav2lip(wav2lip_state)
+    model = checkpoints.build_wav2lip(wav2lip_state)
     audio = torch.randn((4, 1, 80, 16), generator=g) * 2.0
     faces = torch.rand((4, 6, 96, 96), generator=g)
     with torch.no_grad():
@@ -406,7 +410,7 @@ def test_random_s3fd_scores_are_spread_with_a_clear_maximum(s3fd_state: dict) ->
     g = torch.Generator().manual_seed(2)
     image = torch.rand((1, 3, 128, 128), generator=g) * 255.0 - PIXEL_MEAN
     with torch.no_grad():
-        outs = conv.build_s3fd(s3fd_state)(image)
+        outs = checkpoints.build_s3fd(s3fd_state)(image)
     scores = torch.cat([F.softmax(outs[i], dim=1)[:, 1].flatten() for i in range(0, 12, 2)])
     regs = torch.cat([outs[i].flatten() for i in range(1, 12, 2)])
     top = scores.topk(2).values
@@ -448,8 +452,8 @@ def test_manifest(converted: Path, ckpt_dir: Path) -> None:
 @slow
 def test_fp16_weights(s3fd_state: dict, tmp_path: Path, core: ov.Core) -> None:
     xml = tmp_path / "fd16.xml"
-    conv.convert_s3fd(s3fd_state, xml, fp16_weights=True)
-    assert conv.stored_precision(xml) == "FP16"
+    ir_export.convert_s3fd(s3fd_state, xml, fp16_weights=True)
+    assert ir_export.stored_precision(xml) == "FP16"
     assert (tmp_path / "fd16.bin").stat().st_size < 50_000_000  # ~half of the 90 MB
     image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(3)) * 255.0
     got = core.compile_model(xml, "CPU", F32)({"image": (image - PIXEL_MEAN).numpy()})
@@ -497,22 +501,26 @@ def test_download_verifies_sha256_and_renames_atomically(tmp_path: Path) -> None
     src.write_bytes(b"checkpoint bytes" * 1000)
     digest = _file_sha256(src)
     dest_dir = tmp_path / "dest"
-    with pytest.raises(conv.DownloadError, match="sha256"):
-        conv.download_checkpoint(src.as_uri(), dest_dir / "x.pth", sha256="0" * 64)
+    with pytest.raises(checkpoint_download.DownloadError, match="sha256"):
+        checkpoint_download.download_checkpoint(src.as_uri(), dest_dir / "x.pth", sha256="0" * 64)
     assert list(dest_dir.iterdir()) == []
-    path = conv.download_checkpoint(src.as_uri(), dest_dir / "x.pth", sha256=digest.upper())
+    path = checkpoint_download.download_checkpoint(
+        src.as_uri(), dest_dir / "x.pth", sha256=digest.upper()
+    )
     assert path.read_bytes() == src.read_bytes()
     assert [p.name for p in dest_dir.iterdir()] == ["x.pth"]
 
 
 def test_download_url_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("S3FD_URL", "http://example.invalid/s3fd.pth")
-    assert conv._download_url("s3fd", None) == "http://example.invalid/s3fd.pth"
-    assert conv._download_url("s3fd", "http://flag/x.pth") == "http://flag/x.pth"
+    assert checkpoint_download.download_url("s3fd", None) == "http://example.invalid/s3fd.pth"
+    assert checkpoint_download.download_url("s3fd", "http://flag/x.pth") == "http://flag/x.pth"
     monkeypatch.delenv("S3FD_URL")
-    assert conv._download_url("s3fd", None) == conv.DEFAULT_URLS["s3fd"]
+    assert (
+        checkpoint_download.download_url("s3fd", None) == checkpoint_download.DEFAULT_URLS["s3fd"]
+    )
     monkeypatch.delenv("WAV2LIP_URL", raising=False)
-    assert conv._download_url("wav2lip", None) is None
+    assert checkpoint_download.download_url("wav2lip", None) is None
 
 
 # --- CLI argument handling ----------------------------------------------------------------------
@@ -531,3 +539,29 @@ def test_cli_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         conv.main(argv)
     assert info.value.code == 2
+
+
+# --- Test-model cache -----------------------------------------------------------------------
+
+
+def test_cache_key_hashes_every_module_the_converter_imports() -> None:
+    """conftest keys the converted test models by CONVERTER_SOURCES: a project module the
+    converter imports but the list misses would leave stale models in .cache after an edit."""
+    from conftest import CONVERTER_SOURCES, ROOT
+
+    listing = (
+        "import sys, convert_to_openvino\n"
+        "prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}\n"
+        "for m in list(sys.modules.values()):\n"
+        "    f = getattr(m, '__file__', None)\n"
+        "    if f and not any(f.startswith(p + '/') for p in prefixes):\n"
+        "        print(f)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", listing], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    files = [Path(line).resolve() for line in done.stdout.splitlines() if Path(line).is_absolute()]
+    imported = {f.relative_to(ROOT).as_posix() for f in files if f.is_relative_to(ROOT)}
+    assert "tools/random_init.py" in imported  # the listing sees the project's modules
+    assert imported <= set(CONVERTER_SOURCES), sorted(imported - set(CONVERTER_SOURCES))

@@ -13,11 +13,11 @@ import pytest
 from conftest import FACE_BOX
 
 import audio
-import convert_to_openvino
 from face_detection import FaceNotDetectedError
 from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine, frame_order
 from lipsync.options import RenderOptions
 from networks import reference_pipeline
+from tools import checkpoints
 
 # Parity budget of the issue: every frame within 2 grey levels of the reference.
 MAX_GREY_DIFF = 2
@@ -31,12 +31,8 @@ def engine(untrained_models) -> Wav2LipInferenceEngine:
 @pytest.fixture(scope="module")
 def torch_nets(untrained_models):
     ckpt = untrained_models / "untrained-checkpoints"
-    wav2lip = convert_to_openvino.build_wav2lip(
-        convert_to_openvino.load_wav2lip_state_dict(ckpt / "wav2lip.pth")
-    )
-    s3fd = convert_to_openvino.build_s3fd(
-        convert_to_openvino.load_s3fd_state_dict(ckpt / "s3fd.pth")
-    )
+    wav2lip = checkpoints.build_wav2lip(checkpoints.load_wav2lip_state_dict(ckpt / "wav2lip.pth"))
+    s3fd = checkpoints.build_s3fd(checkpoints.load_s3fd_state_dict(ckpt / "s3fd.pth"))
     return wav2lip, s3fd
 
 

@@ -1,4 +1,5 @@
-"""quantize_int8.py: NNCF INT8 post-training quantization of the Wav2Lip generator."""
+"""tools/quantize_int8.py: NNCF INT8 post-training quantization of the Wav2Lip generator, on
+the inputs of tools/generated_inputs.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import audio
 from lipsync.runtime.wav2lip import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, OUTPUT
 from lipsync.util import sha256_file
-from tools import quantize_int8
+from tools import generated_inputs, quantize_int8
 
 SAMPLES = 32
 # Measured on the seed-0 untrained generator (32 and 300 calibration samples alike):
@@ -45,7 +46,7 @@ def quantized_dir(untrained_models, tmp_path_factory):
 
 
 def test_calibration_items_are_the_raw_ir_inputs():
-    items = quantize_int8.calibration_items(6, seed=3)
+    items = generated_inputs.calibration_items(6, seed=3)
     assert len(items) == 6
     for item in items:
         assert set(item) == {AUDIO_INPUT, FACE_INPUT}
@@ -60,18 +61,18 @@ def test_calibration_items_are_the_raw_ir_inputs():
 
 
 def test_calibration_inputs_are_seeded():
-    a, b = quantize_int8.engine_inputs(8, seed=1), quantize_int8.engine_inputs(8, seed=1)
-    c = quantize_int8.engine_inputs(8, seed=2)
+    a, b = generated_inputs.engine_inputs(8, seed=1), generated_inputs.engine_inputs(8, seed=1)
+    c = generated_inputs.engine_inputs(8, seed=2)
     for x, y, z in zip(a, b, c, strict=True):
         np.testing.assert_array_equal(x, y)
         assert not np.array_equal(x, z)
 
 
 def test_speech_like_audio_is_speech_shaped():
-    wav = quantize_int8.speech_like(3.0, seed=0)
+    wav = generated_inputs.speech_like(3.0, seed=0)
     assert wav.shape == (3 * audio.SAMPLE_RATE,) and wav.dtype == np.float32
     assert np.abs(wav).max() <= 1.0
-    np.testing.assert_array_equal(wav, quantize_int8.speech_like(3.0, seed=0))
+    np.testing.assert_array_equal(wav, generated_inputs.speech_like(3.0, seed=0))
     mel = audio.melspectrogram(wav)
     # loud voiced frames and quiet pauses both occur
     frame_level = mel.mean(axis=0)
@@ -129,7 +130,7 @@ def test_int8_output_is_close_to_f32_on_held_out_inputs(quantized_dir):
 @pytest.mark.slow
 def test_int8_runs_any_batch_size_with_engine_preprocessing(quantized_dir):
     compiled = quantize_int8.compile_generator(ov.Core(), quantized_dir / "wav2lip.int8.xml", "f32")
-    mels, faces = quantize_int8.engine_inputs(5, seed=9)
+    mels, faces = generated_inputs.engine_inputs(5, seed=9)
     for batch in (1, 5):
         out = quantize_int8.generate(compiled, mels[:batch], faces[:batch])
         assert out.shape == (batch, FACE_SIZE, FACE_SIZE, 3) and out.dtype == np.uint8
@@ -151,7 +152,7 @@ def test_int8_split_keeps_the_decoders_input_quantization(quantized_dir):
         (broadcast,) = [t.get_node() for t in feature.output(0).get_target_inputs()]
         consumers = [t.get_node().get_type_name() for t in broadcast.output(0).get_target_inputs()]
         assert consumers == ["FakeQuantize"], feature.get_friendly_name()
-    mels, faces = quantize_int8.engine_inputs(6, seed=8)
+    mels, faces = generated_inputs.engine_inputs(6, seed=8)
     whole = quantize_int8.compile_generator(ov.Core(), xml, "f32")
     expected = quantize_int8.generate(whole, mels, np.repeat(faces[:1], len(mels), axis=0))
     np.testing.assert_array_equal(generator_from(xml).infer(mels, faces[:1]), expected)
@@ -198,7 +199,7 @@ def test_engine_runs_the_int8_generator(quantized_dir, untrained_models, face_im
         )
     engine = Wav2LipInferenceEngine(quantized_dir, precision="int8")
     assert engine.precision == "int8"
-    speech = quantize_int8.speech_like(0.5, seed=1)
+    speech = generated_inputs.speech_like(0.5, seed=1)
     # The whole box pasted (like the reference), so the comparison covers every generated pixel.
     frames = engine.render(face_image, speech, box=FACE_BOX, blend="none")
     reference = Wav2LipInferenceEngine(quantized_dir, precision="f32").render(

@@ -16,7 +16,7 @@ from lipsync.runtime.wav2lip import (
     face_encoder_model,
     face_feature_outputs,
 )
-from tools import quantize_int8
+from tools import generated_inputs, quantize_int8
 
 # The outputs of Wav2Lip's 7 face encoder blocks (channels, side), which the decoder
 # concatenates in reverse order.
@@ -54,14 +54,14 @@ def test_the_cut_is_the_face_encoders_seven_skip_features(generator_xml):
 
 
 def test_a_face_per_window_runs_the_whole_network(generator, whole):
-    mels, faces = quantize_int8.engine_inputs(5, seed=4)
+    mels, faces = generated_inputs.engine_inputs(5, seed=4)
     expected = quantize_int8.generate(whole, mels, faces)
     np.testing.assert_array_equal(generator.infer(mels, faces), expected)
     np.testing.assert_array_equal(generator.start(mels, faces).wait(), expected)
 
 
 def test_one_face_is_encoded_once_for_every_window(generator, whole):
-    mels, faces = quantize_int8.engine_inputs(6, seed=5)
+    mels, faces = generated_inputs.engine_inputs(6, seed=5)
     features = generator.encode_face(faces[:1])
     assert [f.shape for f in features.values()] == [(1, c, s, s) for c, s in SKIP_FEATURES]
     assert all(f.dtype == np.float32 for f in features.values())
@@ -74,7 +74,7 @@ def test_one_face_is_encoded_once_for_every_window(generator, whole):
 
 
 def test_face_and_window_counts_must_agree(generator):
-    mels, faces = quantize_int8.engine_inputs(3, seed=6)
+    mels, faces = generated_inputs.engine_inputs(3, seed=6)
     with pytest.raises(ValueError, match="3 mel windows for 2 faces"):
         generator.infer(mels, faces[:2])
     with pytest.raises(ValueError, match="one face, got 2"):
