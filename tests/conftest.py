@@ -1,4 +1,4 @@
-"""Shared fixtures: untrained models made by the real converter, test media.
+"""Shared fixtures: untrained models made by the real converter, test media, servers.
 
 No trained weights exist on test machines. `untrained_models` writes seeded random-init
 checkpoints in the official formats and converts them with convert_to_openvino.py, once,
@@ -16,33 +16,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import requests
+from helpers import ASSETS, CONVERTER_SOURCES, ROOT, SEED, LiveServer, start_server, stop_server
 
-from tools import local_server
-from tools.local_server import LocalServer, stop_server
-
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "test_assets"
-SEED = 0
-# The test photo's face as (top, bottom, left, right), read off the image by eye.
-FACE_BOX = (50, 180, 165, 280)
+# Fixtures that need converted models: a test using any of them (directly or through another
+# fixture) is marked slow, so `pytest -m "not slow"` runs without converting anything.
+MODEL_FIXTURES = frozenset({"untrained_models", "blind_models"})
 
 
-# Every project module the converter imports (tests/test_convert.py checks that the list is
-# complete): an edit to any of them is a new cache key, so the test models are converted again.
-CONVERTER_SOURCES = (
-    "convert_to_openvino.py",
-    "lipsync/__init__.py",
-    "lipsync/util.py",
-    "networks/__init__.py",
-    "networks/s3fd.py",
-    "networks/wav2lip.py",
-    "tools/__init__.py",
-    "tools/checkpoint_download.py",
-    "tools/checkpoints.py",
-    "tools/ir_export.py",
-    "tools/random_init.py",
-)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def _source_key() -> str:
@@ -120,34 +104,6 @@ def face_image() -> np.ndarray:
 def speech_bytes() -> bytes:
     """5.5 s of 16 kHz mono speech (espeak-ng), as a WAV file."""
     return (ASSETS / "speech.wav").read_bytes()
-
-
-class LiveServer(LocalServer):
-    """The server with `requests` helpers for tests."""
-
-    def get(self, path: str, **kwargs):
-        return requests.get(self.url + path, timeout=60, **kwargs)
-
-    def post(self, path: str, **kwargs):
-        return requests.post(self.url + path, timeout=300, **kwargs)
-
-
-def generator_from(xml: Path, precision: str = "f32"):
-    """A Wav2LipGenerator (whole network, face encoder, decoder) compiled from one IR."""
-    import openvino as ov
-
-    from lipsync.runtime.core import CompiledNetwork
-    from lipsync.runtime.wav2lip import Wav2LipGenerator
-
-    core = ov.Core()
-    return Wav2LipGenerator.from_ir(
-        lambda make: CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=make)
-    )
-
-
-def start_server(models_dir: Path, work_dir: Path, **env: str) -> LiveServer:
-    server = local_server.start_server(models_dir, work_dir, **env)
-    return LiveServer(server.url, server.process, server.tmpdir, server.log_path)
 
 
 @pytest.fixture(scope="session")

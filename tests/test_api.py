@@ -7,30 +7,14 @@ import io
 import logging
 import re
 
-import numpy as np
 import pytest
-import soundfile as sf
-from conftest import FACE_BOX
-from media_helpers import probe_video
+from helpers import ASSETS, FACE_BOX, assert_error, b64, probe_video, wav_bytes
 
 from app import create_app
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t), rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def image_b64() -> str:
-    from conftest import ASSETS
-
     return b64((ASSETS / "face.jpg").read_bytes())
 
 
@@ -41,17 +25,6 @@ def short_audio() -> bytes:
 
 def body(image_b64, audio: bytes, **fields):
     return {"image": image_b64, "audio": b64(audio), "box": list(FACE_BOX), **fields}
-
-
-def assert_error(response, status: int, code: str, field: str | None = None):
-    assert response.status_code == status, response.get_data(as_text=True)
-    payload = response.get_json()
-    assert payload["success"] is False
-    assert payload["error"]["code"] == code
-    assert payload["error"]["message"]
-    if field:
-        assert payload["error"]["field"] == field
-        assert field in payload["error"]["message"]
 
 
 def test_generate_json_returns_a_playable_video(client, image_b64, short_audio):
@@ -91,8 +64,6 @@ def test_generate_accepts_data_urls_mp4_and_options(client, image_b64, short_aud
 
 
 def test_generate_multipart(client, short_audio):
-    from conftest import ASSETS
-
     data = {
         "image": (io.BytesIO((ASSETS / "face.jpg").read_bytes()), "face.jpg"),
         "audio": (io.BytesIO(short_audio), "speech.wav"),

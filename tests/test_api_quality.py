@@ -7,8 +7,7 @@ import io
 import cv2
 import numpy as np
 import soundfile as sf
-from conftest import ASSETS, FACE_BOX
-from test_api import assert_error, b64, wav_bytes
+from helpers import ASSETS, FACE_BOX, assert_error, b64, wav_bytes
 
 
 def face_upscaled(factor: int) -> bytes:

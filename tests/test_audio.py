@@ -59,7 +59,7 @@ def reference_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
     return mel_windows
 
 
-def wav_bytes(data: np.ndarray, sr: int, subtype: str) -> bytes:
+def encode_wav(data: np.ndarray, sr: int, subtype: str) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, data, sr, format="WAV", subtype=subtype)
     return buf.getvalue()
@@ -279,7 +279,7 @@ def test_read_and_load_every_wav_layout(subtype, channels, sr):
     num_samples = int(sr * duration)
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(num_samples) / sr)
     data = np.repeat(tone[:, None], channels, axis=1) if channels > 1 else tone
-    encoded = wav_bytes(data, sr, subtype)
+    encoded = encode_wav(data, sr, subtype)
 
     wav, native_sr = audio.read_audio(encoded)
     assert native_sr == sr
@@ -300,19 +300,19 @@ def test_multichannel_is_mean_of_channels(channels):
     sr = 22050
     rng = np.random.default_rng(channels)
     data = rng.uniform(-0.9, 0.9, size=(sr, channels))
-    wav, _ = audio.read_audio(wav_bytes(data, sr, "FLOAT"))
+    wav, _ = audio.read_audio(encode_wav(data, sr, "FLOAT"))
     np.testing.assert_allclose(wav, data.mean(axis=1), atol=1e-6)
 
 
 def test_float_wav_is_clipped_to_unit_range():
     data = np.array([0.0, 1.5, -2.0, 0.25] * 100)
-    wav, _ = audio.read_audio(wav_bytes(data, 16000, "FLOAT"))
+    wav, _ = audio.read_audio(encode_wav(data, 16000, "FLOAT"))
     np.testing.assert_array_equal(wav[:4], [0.0, 1.0, -1.0, 0.25])
 
 
 def test_read_audio_from_path_and_bytearray(tmp_path):
     data = 0.3 * np.sin(np.linspace(0, 100, 5000))
-    encoded = wav_bytes(data, 16000, "PCM_16")
+    encoded = encode_wav(data, 16000, "PCM_16")
     path = tmp_path / "audio_tone.wav"
     path.write_bytes(encoded)
     from_bytes, sr = audio.read_audio(encoded)
@@ -328,14 +328,14 @@ def test_read_audio_errors():
     with pytest.raises(ValueError, match="decode"):
         audio.read_audio(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ValueError, match="no samples"):
-        audio.read_audio(wav_bytes(np.zeros(0), 16000, "PCM_16"))
+        audio.read_audio(encode_wav(np.zeros(0), 16000, "PCM_16"))
     for bad in (np.nan, np.inf, -np.inf):
         data = np.zeros(100)
         data[50] = bad
         with pytest.raises(ValueError, match="non-finite"):
-            audio.read_audio(wav_bytes(data, 16000, "FLOAT"))
+            audio.read_audio(encode_wav(data, 16000, "FLOAT"))
     with pytest.raises(ValueError, match="2000 Hz"):
-        audio.read_audio(wav_bytes(np.zeros(100), 2000, "PCM_16"))
+        audio.read_audio(encode_wav(np.zeros(100), 2000, "PCM_16"))
     with pytest.raises(FileNotFoundError):
         audio.read_audio("/nonexistent/audio_missing.wav")
 
@@ -399,7 +399,7 @@ def test_load_audio_from_array():
 
 def test_load_audio_too_short_after_resampling():
     with pytest.raises(ValueError, match="too short"):
-        audio.load_audio(wav_bytes(np.array([0.1]), 44100, "PCM_16"))
+        audio.load_audio(encode_wav(np.array([0.1]), 44100, "PCM_16"))
 
 
 # ----------------------------------------------------------------------------- num_video_frames

@@ -11,9 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import ASSETS
-from test_api import assert_error, b64, wav_bytes
-from test_server import decode
+from helpers import ASSETS, assert_error, b64, decode, wav_bytes
 
 from app import create_app
 from inference_engine import frame_order

@@ -17,9 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ASSETS, FACE_BOX
-from media_helpers import make_clip, png_header_only
-from test_api import assert_error, b64, wav_bytes
+from helpers import ASSETS, FACE_BOX, assert_error, b64, make_clip, png_header_only, wav_bytes
 
 from app import create_app
 from lipsync.media import images

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import soundfile
-from conftest import ASSETS, FACE_BOX, ROOT
-from media_helpers import probe_video
+from helpers import ASSETS, FACE_BOX, ROOT, probe_video
 
 from lipsync import cli
 from lipsync.media.encode import encode_video

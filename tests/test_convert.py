@@ -20,6 +20,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from helpers import CONVERTER_SOURCES, ROOT
 from torch.nn import functional as F
 
 import convert_to_openvino as conv
@@ -547,7 +548,6 @@ def test_cli_usage_errors(argv: list[str]) -> None:
 def test_cache_key_hashes_every_module_the_converter_imports() -> None:
     """conftest keys the converted test models by CONVERTER_SOURCES: a project module the
     converter imports but the list misses would leave stale models in .cache after an edit."""
-    from conftest import CONVERTER_SOURCES, ROOT
 
     listing = (
         "import sys, convert_to_openvino\n"

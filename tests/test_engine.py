@@ -10,7 +10,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from conftest import FACE_BOX
+from helpers import FACE_BOX
 
 import audio
 from face_detection import FaceNotDetectedError

@@ -27,10 +27,9 @@ import numpy as np
 import pytest
 import schemathesis
 import soundfile as sf
-from conftest import ASSETS, FACE_BOX
+from helpers import ASSETS, FACE_BOX, b64, make_clip, wav_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from media_helpers import make_clip
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -38,7 +37,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_api import b64, wav_bytes
 
 from lipsync.server import openapi
 

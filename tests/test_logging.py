@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import requests
-from conftest import start_server
+from helpers import start_server
 
 from lipsync.server import observability
 from lipsync.util import configure_logging

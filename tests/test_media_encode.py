@@ -12,7 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from media_helpers import (
+from helpers import (
     BIG,
     BLUE,
     RED,

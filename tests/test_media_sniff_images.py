@@ -9,7 +9,7 @@ import warnings
 import cv2
 import numpy as np
 import pytest
-from media_helpers import (
+from helpers import (
     BIG,
     BLUE,
     RED,

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from media_helpers import (
+from helpers import (
     BIG,
     encode_image,
     make_clip,

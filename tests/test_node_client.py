@@ -15,8 +15,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS, FACE_BOX, ROOT
-from media_helpers import probe_video
+from helpers import ASSETS, FACE_BOX, ROOT, probe_video
 
 NODE = shutil.which("node")
 SCRIPT = ROOT / "examples" / "node" / "generate.mjs"

@@ -13,10 +13,9 @@ import re
 
 import cv2
 import pytest
-from conftest import ASSETS, FACE_BOX, ROOT
+from helpers import ASSETS, FACE_BOX, ROOT, b64, wav_bytes
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
-from test_api import b64, wav_bytes
 
 from app import create_app
 from lipsync.errors import ErrorCode

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ASSETS, FACE_BOX, start_server, stop_server
-from test_api import assert_error, b64, wav_bytes
+from helpers import ASSETS, FACE_BOX, assert_error, b64, start_server, stop_server, wav_bytes
 
 from app import create_app
 from lipsync.server.admission import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import FACE_BOX
+from helpers import ASSETS, FACE_BOX
 
 import audio
 from face_detection import FaceNotDetectedError
@@ -243,7 +243,6 @@ def test_talking_head_quality_mode_sets_model_and_output_size(
 
 
 def test_talking_head_takes_blend_and_silence_gate(untrained_models):
-    from conftest import ASSETS
 
     from lipsync.talking_head import Wav2LipTalkingHead
 

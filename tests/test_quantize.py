@@ -11,6 +11,7 @@ import nncf
 import numpy as np
 import openvino as ov
 import pytest
+from helpers import FACE_BOX, generator_from
 
 import audio
 from lipsync.runtime.wav2lip import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, OUTPUT
@@ -142,7 +143,6 @@ def test_int8_split_keeps_the_decoders_input_quantization(quantized_dir):
     still quantizes them, and one face encoded once gives what the whole INT8 network
     gives for that face in every window (with f32 float layers; bf16 ones round
     differently in each)."""
-    from conftest import generator_from
 
     from lipsync.runtime.wav2lip import decoder_model
 
@@ -189,7 +189,6 @@ def test_quantize_generator_is_importable_and_returns_the_path(quantized_dir, tm
 @pytest.mark.slow
 def test_engine_runs_the_int8_generator(quantized_dir, untrained_models, face_image):
     """precision="int8": the engine loads wav2lip.int8.xml, the detector stays float."""
-    from conftest import FACE_BOX
 
     from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine
 

@@ -9,31 +9,10 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ASSETS, FACE_BOX
+from helpers import ASSETS, FACE_BOX, decode
 
 SPEECH_SECONDS = 88014 / 16000  # test_assets/speech.wav
 FRAME = 1 / 25
-
-
-def decode(video: bytes) -> dict:
-    """Decode every frame and the audio with PyAV."""
-    with av.open(io.BytesIO(video)) as container:
-        vstream = container.streams.video[0]
-        astream = container.streams.audio[0]
-        info = {
-            "video_codec": vstream.codec_context.name,
-            "audio_codec": astream.codec_context.name,
-            "fps": float(vstream.average_rate),
-            "frames": [],
-            "audio_samples": 0,
-            "audio_rate": astream.rate,
-        }
-        for frame in container.decode(vstream, astream):
-            if isinstance(frame, av.VideoFrame):
-                info["frames"].append(frame.to_ndarray(format="bgr24"))
-            else:
-                info["audio_samples"] += frame.samples
-    return info
 
 
 def check_video(video: bytes, codecs: tuple[str, str]) -> dict:

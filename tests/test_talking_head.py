@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from conftest import ASSETS, FACE_BOX
-from media_helpers import probe_video
+from helpers import ASSETS, FACE_BOX, probe_video
 
 from lipsync.errors import AudioError, ErrorCode, InvalidFieldError, InvalidInputError
 from lipsync.talking_head import Wav2LipTalkingHead

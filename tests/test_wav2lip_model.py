@@ -6,7 +6,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
-from conftest import generator_from
+from helpers import generator_from
 
 from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,

@@ -1,20 +1,79 @@
-"""Media helpers shared by the tests: synthetic images, headers and clips, and
-`probe_video`, which decodes a result and reports codecs, sizes, frame count and durations."""
+"""Helpers shared by the tests: paths and constants, request and media builders, decoding,
+and the real server. Fixtures live in conftest.py; tests import plain helpers from here."""
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
 import cv2
 import numpy as np
+import requests
+import soundfile as sf
 
 from lipsync.media.errors import UnsupportedMediaError
 from lipsync.media.video import reading_video, stream_fps
+from tools import local_server
+from tools.local_server import LocalServer, stop_server
+
+__all__ = ["stop_server"]  # re-exported for tests that start their own servers
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "test_assets"
+SEED = 0
+# The test photo's face as (top, bottom, left, right), read off the image by eye.
+FACE_BOX = (50, 180, 165, 280)
+
+
+# Every project module the converter imports (tests/test_convert.py checks that the list is
+# complete): an edit to any of them is a new cache key, so the test models are converted again.
+CONVERTER_SOURCES = (
+    "convert_to_openvino.py",
+    "lipsync/__init__.py",
+    "lipsync/util.py",
+    "networks/__init__.py",
+    "networks/s3fd.py",
+    "networks/wav2lip.py",
+    "tools/__init__.py",
+    "tools/checkpoint_download.py",
+    "tools/checkpoints.py",
+    "tools/ir_export.py",
+    "tools/random_init.py",
+)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 220 * t), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def assert_error(response, status: int, code: str, field: str | None = None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    payload = response.get_json()
+    assert payload["success"] is False
+    assert payload["error"]["code"] == code
+    assert payload["error"]["message"]
+    if field:
+        assert payload["error"]["field"] == field
+        assert field in payload["error"]["message"]
+
+
+# -- media ---------------------------------------------------------------------------------
 
 BIG = 10**8  # a pixel/frame limit no test input reaches
 BLUE = (255, 0, 0)  # BGR
@@ -133,3 +192,55 @@ def _probe(container: av.container.InputContainer) -> dict[str, Any]:
             None if audio is None else audio_samples / audio.codec_context.sample_rate
         ),
     }
+
+
+def decode(video: bytes) -> dict:
+    """Decode every frame and the audio with PyAV."""
+    with av.open(io.BytesIO(video)) as container:
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0]
+        info = {
+            "video_codec": vstream.codec_context.name,
+            "audio_codec": astream.codec_context.name,
+            "fps": float(vstream.average_rate),
+            "frames": [],
+            "audio_samples": 0,
+            "audio_rate": astream.rate,
+        }
+        for frame in container.decode(vstream, astream):
+            if isinstance(frame, av.VideoFrame):
+                info["frames"].append(frame.to_ndarray(format="bgr24"))
+            else:
+                info["audio_samples"] += frame.samples
+    return info
+
+
+# -- models and servers --------------------------------------------------------------------
+
+
+class LiveServer(LocalServer):
+    """The server with `requests` helpers for tests."""
+
+    def get(self, path: str, **kwargs):
+        return requests.get(self.url + path, timeout=60, **kwargs)
+
+    def post(self, path: str, **kwargs):
+        return requests.post(self.url + path, timeout=300, **kwargs)
+
+
+def generator_from(xml: Path, precision: str = "f32"):
+    """A Wav2LipGenerator (whole network, face encoder, decoder) compiled from one IR."""
+    import openvino as ov
+
+    from lipsync.runtime.core import CompiledNetwork
+    from lipsync.runtime.wav2lip import Wav2LipGenerator
+
+    core = ov.Core()
+    return Wav2LipGenerator.from_ir(
+        lambda make: CompiledNetwork(core, xml, device="CPU", precision=precision, preprocess=make)
+    )
+
+
+def start_server(models_dir: Path, work_dir: Path, **env: str) -> LiveServer:
+    server = local_server.start_server(models_dir, work_dir, **env)
+    return LiveServer(server.url, server.process, server.tmpdir, server.log_path)
