@@ -169,6 +169,8 @@ def _start(
             options=encode_options,
             live=live,
         )
+    if first_batch is not None:  # the frames the encoder holds come on top
+        first_batch += encoder.held_frames
     batches = engine.iter_frames(prepared, windows, options.model, timings, first_batch)
     return encoder, len(windows), _encoded_chunks(batches, encoder, timings, check)
 
@@ -280,8 +282,9 @@ def generate_stream(
     first_batch: int = STREAM_FIRST_BATCH,
 ) -> GenerationStream:
     """Like `generate`, but the video comes out in chunks as frames are produced: live WebM
-    or fragmented MP4 (see `VideoEncoder`'s live mode), the first batch `first_batch`
-    frames so the first frames leave fast. Speech and options are checked here, before
+    or fragmented MP4 (see `VideoEncoder`'s live mode). The first batch is `first_batch`
+    frames plus those the encoder holds back (live H.264: 2), so that the first chunk
+    already holds decodable frames. Speech and options are checked here, before
     any byte (AudioError, ValueError); `check` runs before each batch while iterating.
     """
     timings = {} if timings is None else timings

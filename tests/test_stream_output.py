@@ -23,11 +23,11 @@ from lipsync.options import RenderOptions
 from lipsync.talking_head import Wav2LipTalkingHead
 
 CONTAINERS = ["webm", "mp4"]
-# Live H.264 runs x264 with tune=zerolatency (no B-frames, no lookahead), so its frames
-# are not bit-identical to the whole-file encode: its mean PSNR against the source frames
+# Live H.264 runs x264 without B-frames and with a 1-frame lookahead, so its frames are
+# not bit-identical to the whole-file encode: its mean PSNR against the source frames
 # stays within this many dB of the whole file's. VP9's bitstream is the same in both
 # modes: WebM frames must be identical.
-LIVE_H264_PSNR_LOSS_DB = 1.0
+LIVE_H264_PSNR_LOSS_DB = 1.5
 
 
 def sine(seconds: float, sample_rate: int = 16_000) -> np.ndarray:
@@ -86,15 +86,19 @@ def top_level_boxes(data: bytes) -> list[bytes]:
     return boxes
 
 
-def live_encode(container: str, frames: list[np.ndarray], batch: int) -> list[bytes]:
-    """Encode in live mode `batch` frames at a time; -> the chunk drained after each."""
+def live_encode(
+    container: str, frames: list[np.ndarray], batch: int, first_batch: int | None = None
+) -> list[bytes]:
+    """Encode in live mode in batches (the first `first_batch` frames plus those the
+    encoder holds back); -> the chunk drained after each batch, then the tail."""
     options = EncodeOptions(container=container)
     with VideoEncoder(
         width=64, height=48, fps=25, audio=sine(1.2), sample_rate=16_000, options=options, live=True
     ) as encoder:
         chunks = []
-        for first in range(0, len(frames), batch):
-            encoder.write_batch(frames[first : first + batch])
+        first = batch if first_batch is None else first_batch + encoder.held_frames
+        for start, stop in batch_bounds(len(frames), batch, first):
+            encoder.write_batch(frames[start:stop])
             chunks.append(encoder.drain())
         assert encoder.finish().data == b""  # live: the bytes only come from drain
         chunks.append(encoder.drain())
@@ -130,7 +134,7 @@ def test_live_chunks_decode_to_the_whole_file_frames(container: str) -> None:
 
 @pytest.mark.parametrize("container", CONTAINERS)
 def test_first_chunk_alone_holds_playable_video_and_its_speech(container: str) -> None:
-    first = live_encode(container, moving_frames(12), batch=4)[0]
+    first = live_encode(container, moving_frames(12), batch=8, first_batch=4)[0]
     assert len(decoded_frames(first)) >= 1
     counts = packet_counts(first)
     assert counts["video"] >= 1 and counts["audio"] >= 1
@@ -259,16 +263,18 @@ def test_stream_is_the_whole_file_video(engine, prepared, speech, container) -> 
     assert set(whole.timings_ms) == set(result.timings_ms)
 
 
-def test_bytes_leave_before_the_generation_ends(engine, prepared, speech, encoders) -> None:
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_bytes_leave_before_the_generation_ends(engine, prepared, speech, encoders, container):
     engine.batches = 0
-    chunks = stream(engine, prepared, speech)
+    chunks = stream(engine, prepared, speech, container)
     first = next(chunks)
-    assert engine.batches == 1  # one small batch: 4 frames
+    assert engine.batches == 1  # one small batch: 4 frames (+2 held by live x264)
     assert chunks.result is None and not encoders[0].closed
     assert len(decoded_frames(first)) >= 1
     assert packet_counts(first)["audio"] >= 1
     rest = list(chunks)
-    assert engine.batches == 6 and len(rest) >= 5
+    num_batches = len(batch_bounds(38, 8, 4 + encoders[0].held_frames))
+    assert engine.batches == num_batches and len(rest) >= num_batches - 1
     assert encoders[0].closed and chunks.result.video.num_frames == 38
 
 

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # (SMPTE 170M) limited range, the conversion `bgr_to_i420` performs.
 _AVCOL_SPC_SMPTE170M = 6
 _AVCOL_RANGE_MPEG = 1
+# x264 lookahead (frames) in live mode: 1 keeps macroblock-tree rate control on, 0 would
+# turn it off; and the frames a whole-file x264 (veryfast: 10 lookahead, B-frames) holds.
+_LIVE_X264_LOOKAHEAD = 1
+_X264_HELD_FRAMES = 11
 # BGR -> limited-range BT.601 Y, Cb, Cr (rows), last column the offset, for cv2.transform.
 _BGR_TO_YCBCR = (
     np.array(
@@ -130,8 +134,11 @@ class VideoEncoder:
     header right after construction, then the frames (and the speech up to them) after
     each `write`, less the ~LIVE_FRAGMENT_S of media the muxer still holds, and the tail
     after `finish`, whose `EncodedVideo.data` is then empty. The VP9 bitstream is the
-    same as in a whole-file encode; H.264 adds `tune=zerolatency` (no B-frames, no
-    lookahead; x264 otherwise holds back ~13 frames), so MP4 frames differ slightly.
+    same as in a whole-file encode. x264 would hold back ~13 frames (B-frames and a
+    10-frame lookahead), so live H.264 runs without B-frames and with a 1-frame lookahead
+    (`held_frames` = 2): the same size for ~1 dB less PSNR here. Its `tune=zerolatency`
+    (no lookahead at all) switches off macroblock-tree rate control, which made a talking
+    head's file 2.5x larger.
     """
 
     def __init__(
@@ -208,7 +215,7 @@ class VideoEncoder:
                 "profile": opts.x264_profile,
             }
             if self.live:
-                codec_options["tune"] = "zerolatency"
+                codec_options.update({"bf": "0", "rc-lookahead": str(_LIVE_X264_LOOKAHEAD)})
         stream = self._container.add_stream(codec, rate=self.rate, options=codec_options)
         ctx = stream.codec_context
         ctx.width, ctx.height = self.encoded_width, self.encoded_height
@@ -307,6 +314,13 @@ class VideoEncoder:
         if self._sink is None:
             raise RuntimeError("drain() needs a live encoder (live=True)")
         return self._sink.drain()
+
+    @property
+    def held_frames(self) -> int:
+        """Frames the video encoder takes in before it puts out the first one's packet."""
+        if self.options.container == "webm":
+            return 0  # lag-in-frames=0
+        return _LIVE_X264_LOOKAHEAD + 1 if self.live else _X264_HELD_FRAMES
 
     @property
     def closed(self) -> bool:
