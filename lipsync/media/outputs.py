@@ -8,9 +8,8 @@ from typing import Any
 
 # Longest media time (seconds) a live WebM cluster or MP4 fragment spans before the muxer
 # closes it and its bytes can leave. The muxer closes a cluster on the first packet past
-# the limit, so at most about this much encoded media waits for the next frames; ~10
-# clusters/fragments a second cost ~0.5 % (WebM) or ~4 % (MP4, a moof per fragment) of a
-# 25 fps talking head's bytes.
+# the limit, so at most about this much encoded media waits for the next frames. Cost on
+# a 5 s 512x512 talking head: WebM +0.04 % bytes; MP4 48 moof boxes of ~200 bytes, 3 %.
 LIVE_FRAGMENT_S = 0.1
 
 
