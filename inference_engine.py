@@ -109,6 +109,20 @@ def frame_order(num_output: int, num_source: int) -> np.ndarray:
     return np.where(phase < num_source, phase, period - phase)
 
 
+def batch_bounds(
+    num_frames: int, batch_size: int, first_batch: int | None = None
+) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over `num_frames`: the first of `first_batch` frames
+    (default batch_size), then batch_size each, the last possibly shorter."""
+    first = batch_size if first_batch is None else first_batch
+    if first < 1:
+        raise ValueError(f"first_batch must be >= 1, got {first_batch}")
+    if num_frames < 1:
+        return []
+    starts = [0, *range(first, num_frames, batch_size)]
+    return list(zip(starts, [*starts[1:], num_frames], strict=True))
+
+
 def crop_faces(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Crop each frame to its box and resize to 96x96 (bilinear). -> (M, 96, 96, 3) uint8."""
     return np.stack(
@@ -330,13 +344,17 @@ class Wav2LipInferenceEngine:
         *,
         blend: str = "soft",
         weights: np.ndarray | None = None,
+        first_batch: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size.
+        """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size
+        (or first_batch for the first).
 
         mel_windows: (N, 80, 16) float32 windows, or `audio.MelWindows` to cut them per batch.
         blend: "soft" (lower face, feathered, colour-matched) or "none" (the reference).
         weights: (N,) float32 generated share per frame (the silence gate's
         `compositing.gate_weights`); frames at 0 are the avatar's own, without inference.
+        first_batch: size of the first batch (default batch_size); a small one lets a
+        stream show its first frames sooner.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
@@ -362,10 +380,10 @@ class Wav2LipInferenceEngine:
             raise ValueError(f"weights must have {len(order)} values, got {len(weights)}")
         pending: _Batch | None = None
         try:
-            for first in [*range(0, len(order), self.batch_size), None]:
+            for first, stop in [*batch_bounds(len(order), self.batch_size, first_batch), (None, 0)]:
                 running = pending
                 if first is not None:
-                    idx = order[first : first + self.batch_size]
+                    idx = order[first:stop]
                     share = weights[first : first + len(idx)]
                     active = np.flatnonzero(share > 0)
                     mels = mel_windows[first : first + len(idx)]

@@ -3,6 +3,8 @@
 head = Wav2LipTalkingHead("avatar.jpg", quality_mode="standard")
 head.preprocess_avatar()                      # face detection, once
 head.generate("reply.wav", "reply.webm")      # -> "reply.webm" (VP9 + Opus)
+for chunk in head.stream("reply.wav"):        # live WebM chunks while frames are made
+    send(chunk)
 head.estimate_generation_time(4.2)            # seconds, from measured throughput
 head.cleanup()
 """
@@ -13,6 +15,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +130,57 @@ class Wav2LipTalkingHead:
             raise InvalidFieldError(
                 "output_path", f"must end in {list(CONTAINERS)}, got {output_path.name!r}"
             )
-        if not audio_path.is_file():
-            raise FileNotFoundError(f"audio file not found: {audio_path}")
-        speech = generation.decode_speech(audio_path.read_bytes(), self.settings)
+        speech = self._read_speech(audio_path)
         result = self._render(speech, fps, container, include_audio)
         self._write_atomically(output_path, result.video.data)
         return str(output_path)
+
+    def stream(
+        self,
+        audio_path: str | os.PathLike,
+        fmt: str = "webm",
+        fps: float = 25,
+        include_audio: bool = True,
+    ) -> generation.GenerationStream:
+        """Render speech from `audio_path` as encoded chunks (bytes) produced while the
+        frames are generated: live WebM (fmt "webm") or fragmented MP4 ("mp4").
+
+        The result is an iterator of chunks which, concatenated, are the file; it also
+        tells `mime_type`, `codecs` (for a browser MediaSource), `num_frames`, `fps` and
+        `duration` before the first chunk. Stop early with `close()` (or a `with` block).
+        Errors as `generate`, raised here, before any chunk.
+        """
+        if fmt not in CONTAINERS.values():
+            raise InvalidFieldError(
+                "fmt", f"must be one of {list(CONTAINERS.values())}, got {fmt!r}"
+            )
+        speech = self._read_speech(audio_path)
+        options = dataclasses.replace(self.options, fps=fps)
+        return generation.generate_stream(
+            self.engine,
+            self._prepared_face(),
+            speech,
+            options,
+            EncodeOptions(container=fmt),
+            include_audio=include_audio,
+        )
+
+    def iter_frames(self, audio_path: str | os.PathLike, fps: float = 25) -> Iterator[np.ndarray]:
+        """Lip-synced frames for speech from `audio_path`, each (H, W, 3) uint8 BGR, as
+        soon as they are generated (the first few after one small batch). Errors as
+        `generate`, raised here, before any frame."""
+        speech = self._read_speech(audio_path)
+        options = dataclasses.replace(self.options, fps=fps)
+        windows = generation.speech_mel_windows(speech, options.fps)
+        batches = self.engine.iter_frames(
+            self._prepared_face(),
+            windows,
+            options.model,
+            blend=options.blend,
+            weights=generation.gate_weights(windows, options),
+            first_batch=generation.STREAM_FIRST_BATCH,
+        )
+        return (frame for batch in batches for frame in batch)
 
     def estimate_generation_time(self, audio_duration: float, fps: float = 25) -> float:
         """Seconds to generate `audio_duration` seconds of speech, from measured throughput.
@@ -212,6 +260,12 @@ class Wav2LipTalkingHead:
         )
         self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)
         return result
+
+    def _read_speech(self, audio_path: str | os.PathLike) -> generation.Speech:
+        path = Path(audio_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        return generation.decode_speech(path.read_bytes(), self.settings)
 
     @staticmethod
     def _write_atomically(path: Path, data: bytes) -> None:
