@@ -273,8 +273,7 @@ def choice(choices: tuple[str, ...], description: str, default: str) -> tuple[An
     )
 
 
-AvatarId = Annotated[
-    str | None,
+_AVATAR_ID = (
     PlainValidator(parse_avatar_id),
     WithJsonSchema(
         {
@@ -285,4 +284,7 @@ AvatarId = Annotated[
         }
     ),
     Form({"type": "string", "pattern": AVATAR_ID_REGEX}),
-]
+)
+AvatarId = Annotated[str | None, *_AVATAR_ID]
+# In a URL path the id is always there.
+PathAvatarId = Annotated[str, *_AVATAR_ID]

@@ -31,6 +31,7 @@ from lipsync.options import (
 from lipsync.server.fields import (
     AVATAR_ID_REGEX,
     AvatarId,
+    PathAvatarId,
     choice,
     flag,
     int_list,
@@ -239,7 +240,7 @@ class GenerateRequest(RegisterAvatarRequest):
 
 
 class AvatarPath(BaseModel):
-    avatar_id: AvatarId = Field(
+    avatar_id: PathAvatarId = Field(
         description="32 lowercase hex digits (anything else: 400 `invalid_avatar_id`)"
     )
 
