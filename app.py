@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import OpenAPI
 
 from inference_engine import Wav2LipInferenceEngine
@@ -41,7 +42,8 @@ def create_app(
     app = OpenAPI(__name__, doc_ui=False, validation_error_callback=_refuse_path)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes  # base64 media in form fields
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's, which flask-openapi3 keeps
+        app.json.sort_keys = False  # answers keep the order the handlers build them in
     app.extensions[EXTENSION] = Service(settings, engine)
     register_error_handlers(app)
     app.before_request(begin_request)

@@ -76,10 +76,12 @@ def match_colour(face: np.ndarray, crop: np.ndarray) -> np.ndarray:
     difference = cv2.subtract(crop, face, dtype=cv2.CV_32F)
     offset = cv2.mean(difference, band)
     before = sum(cv2.mean(np.abs(difference), band)[:3])
-    after = sum(cv2.mean(cv2.absdiff(difference, offset), band)[:3])
+    # OpenCV takes the 4-tuple `offset` as a Scalar; its stubs only list arrays there.
+    shifted = cv2.absdiff(difference, offset)  # type: ignore[call-overload]
+    after = sum(cv2.mean(shifted, band)[:3])
     if not after < before:
         return face
-    return cv2.add(face, offset, dtype=cv2.CV_8U)
+    return cv2.add(face, offset, dtype=cv2.CV_8U)  # type: ignore[call-overload]
 
 
 def paste_face(

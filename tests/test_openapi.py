@@ -378,3 +378,9 @@ def test_json_error_bodies_name_their_field(client, spec, face_b64):
     response = client.post("/api/generate", json={"image": face_b64, "audio": b64(b"x"), "fps": 0})
     payload = check(spec, response, "/api/generate", "post")
     assert payload["error"]["field"] == "fps"
+
+
+def test_degraded_health_names_the_models_missing_code(spec):
+    # schemas.HealthError spells the code as a literal (mypy cannot read an enum's value).
+    code = spec["components"]["schemas"]["HealthError"]["properties"]["code"]
+    assert code["const"] == ErrorCode.MODELS_MISSING.code

@@ -101,7 +101,8 @@ def _face_crop(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     half_x = size_x * scale * rng.uniform(0.92, 1.08) / 2
     y1, y2 = max(0, round(cy - half_y)), min(h, round(cy + half_y))
     x1, x2 = max(0, round(cx - half_x)), min(w, round(cx + half_x))
-    crop = cv2.resize(image[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    # float32, then float64 from the colour cast on
+    crop: np.ndarray = cv2.resize(image[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)).astype(np.float32)
     crop = crop * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
     crop = crop * rng.uniform(0.9, 1.1, 3)  # colour cast
     if rng.random() < 0.5:

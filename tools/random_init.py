@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from networks import S3FD, Wav2Lip
+from networks import S3FD, L2Norm, Wav2Lip
 from networks.s3fd import HEAD_SOURCES, head_name
 from tools.checkpoints import CHECKPOINT_FILES, MODEL_KINDS, S3FD_NAME
 
@@ -115,6 +115,13 @@ def _randomise_conv(conv: nn.Conv2d | nn.ConvTranspose2d, g: torch.Generator) ->
         conv.bias.copy_(_uniform(g, conv.bias.shape, -0.1, 0.1))
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv built with one."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
+
+
 def _float32_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         k: (v.float() if v.is_floating_point() else v).detach().clone()
@@ -139,6 +146,8 @@ def random_wav2lip_state_dict(seed: int) -> dict[str, torch.Tensor]:
         audio, faces = wav2lip_calibration_inputs(g, WAV2LIP_CALIBRATION_BATCH)
         model.double()  # float64 statistics do not depend on thread count or CPU kernels
         head = model.output_block[1]
+        if not isinstance(head, nn.Conv2d):
+            raise TypeError(f"Wav2Lip's output_block[1] is {type(head).__name__}, not the conv")
         captured: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
         model.train()
@@ -152,7 +161,7 @@ def random_wav2lip_state_dict(seed: int) -> dict[str, torch.Tensor]:
         scale = WAV2LIP_LOGIT_STD / std
         offset = _uniform(g, mean.shape, -0.25, 0.25)
         head.weight.mul_(scale.view(-1, 1, 1, 1))
-        head.bias.copy_((head.bias - mean) * scale + offset)
+        _bias(head).copy_((_bias(head) - mean) * scale + offset)
     return _float32_state(model)
 
 
@@ -163,7 +172,7 @@ def _standardise(
     mu, sd = out.mean(dim=(0, 2, 3)), out.std(dim=(0, 2, 3)) + 1e-6
     scale = std / sd
     conv.weight.mul_(scale.view(-1, 1, 1, 1))
-    conv.bias.copy_((conv.bias - mu) * scale + mean)
+    _bias(conv).copy_((_bias(conv) - mu) * scale + mean)
     return (out - mu.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
 
 
@@ -171,7 +180,7 @@ def _calibrate_peak(conv: nn.Conv2d, out: torch.Tensor) -> torch.Tensor:
     """Shift the face channel (last, already standardised) so the median best cell hits target."""
     best = out[:, -1].flatten(1).max(dim=1).values
     shift = S3FD_PEAK_TOP - best.median()
-    conv.bias[-1] += shift
+    _bias(conv)[-1] += shift
     out = out.clone()
     out[:, -1] += shift
     return out
@@ -213,7 +222,7 @@ def random_s3fd_state_dict(seed: int) -> dict[str, torch.Tensor]:
         for name, module in model.named_children():
             if isinstance(module, nn.Conv2d):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-                module.bias.zero_()
+                _bias(module).zero_()
                 if name == peak_head:
                     direction = torch.randn(module.in_channels, generator=g)
                     module.weight[-1] = direction.view(-1, 1, 1) * laplace
@@ -222,8 +231,10 @@ def random_s3fd_state_dict(seed: int) -> dict[str, torch.Tensor]:
                     torch.ones(module.out_channels),
                 )
                 hooks.append(module.register_forward_hook(hook_for(name, mean, std)))
-            else:  # L2Norm: keep the reference scale, jittered per channel
+            elif isinstance(module, L2Norm):  # keep the reference scale, jittered per channel
                 module.weight.mul_(_uniform(g, module.weight.shape, 0.8, 1.2))
+            else:
+                raise TypeError(f"S3FD layer {name} is an unexpected {type(module).__name__}")
         size = S3FD_CALIBRATION_SIZE
         pixels = synthetic_images(g, S3FD_CALIBRATION_BATCH, size, size)
         model.double()  # float64 statistics do not depend on thread count or CPU kernels

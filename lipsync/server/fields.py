@@ -1,11 +1,12 @@
 """Field types of the request models: how each kind of field is read and documented.
 
-One `Annotated` type per kind of field, used by the models in `schemas.py`. Each carries
-its parser (lax where the API is: numbers as text, `0,10,0,0` lists, `true`/`1` flags,
-base64 or uploaded media), its JSON Schema for JSON bodies and, as `Form`, its schema in
-multipart and urlencoded forms, where every value is text. A parser refuses with a
-`PydanticCustomError` whose type is the wire error code (`invalid_field`, ...); the field
-comes from the error's location.
+One factory per kind of field, giving the `Annotated` metadata the models in `schemas.py`
+unpack after the field's type (`Annotated[float | None, *number(...)]`, a form mypy
+checks). The metadata carries the field's parser (lax where the API is: numbers as text,
+`0,10,0,0` lists, `true`/`1` flags, base64 or uploaded media), its JSON Schema for JSON
+bodies and, as `Form`, its schema in multipart and urlencoded forms, where every value is
+text. A parser refuses with a `PydanticCustomError` whose type is the wire error code
+(`invalid_field`, ...); the field comes from the error's location.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class Form:
     media: bool = False
 
 
-def refuse(message: str, value: Any = None, code: ErrorCode = ErrorCode.INVALID_FIELD):
+def refuse(
+    message: str, value: Any = None, code: ErrorCode = ErrorCode.INVALID_FIELD
+) -> PydanticCustomError:
     """The error a parser raises: `message`, with a short repr of `value` when given."""
     text = message if value is None else f"{message}, got {_SHORT.repr(value)}"
     return PydanticCustomError(code.code, "{reason}", {"reason": text})
@@ -143,8 +146,9 @@ MEDIA_DOC = (
 )
 
 
-def media(description: str, *, nullable: bool = True) -> Any:
-    """A media field: base64 in JSON, a file upload (or base64 text) in a form."""
+def media(description: str, *, nullable: bool = True) -> tuple[Any, ...]:
+    """A media field (`bytes | None`): base64 in JSON, a file upload (or base64 text) in a
+    form."""
     schema = {
         "type": ["string", "null"] if nullable else "string",
         "minLength": 1,
@@ -152,9 +156,7 @@ def media(description: str, *, nullable: bool = True) -> Any:
         "contentEncoding": "base64",
         "description": f"{description} {MEDIA_DOC}",
     }
-    return Annotated[
-        bytes | None, PlainValidator(parse_media), WithJsonSchema(schema), Form(media=True)
-    ]
+    return PlainValidator(parse_media), WithJsonSchema(schema), Form(media=True)
 
 
 def in_range(value: float | None, minimum: float, maximum: float) -> float | None:
@@ -169,11 +171,11 @@ def non_negative(values: list[int] | None) -> list[int] | None:
     return values
 
 
-def number(minimum: float, maximum: float, description: str, default: float) -> Any:
+def number(minimum: float, maximum: float, description: str, default: float) -> tuple[Any, ...]:
+    """A number field (`float | None`) within [minimum, maximum]."""
     sign = "[+-]" if minimum < 0 else "[+]"
     text = {"type": "string", "pattern": rf"^\s*{sign}?\d+(\.\d+)?\s*$"}
-    return Annotated[
-        float | None,
+    return (
         BeforeValidator(parse_number),
         AfterValidator(lambda value: in_range(value, minimum, maximum)),
         WithJsonSchema(
@@ -186,7 +188,7 @@ def number(minimum: float, maximum: float, description: str, default: float) -> 
         ),
         Field(json_schema_extra={"default": default}),
         Form({**text, "description": f"a number {minimum:g}..{maximum:g}"}),
-    ]
+    )
 
 
 def parse_integer(value: Any) -> int | None:
@@ -199,9 +201,9 @@ def parse_integer(value: Any) -> int | None:
     return int(number)
 
 
-def integer(minimum: int, maximum: int, description: str, default: int) -> Any:
-    return Annotated[
-        int | None,
+def integer(minimum: int, maximum: int, description: str, default: int) -> tuple[Any, ...]:
+    """An integer field (`int | None`) within [minimum, maximum]."""
+    return (
         BeforeValidator(parse_integer),
         AfterValidator(lambda value: in_range(value, minimum, maximum)),
         WithJsonSchema(
@@ -214,10 +216,11 @@ def integer(minimum: int, maximum: int, description: str, default: int) -> Any:
         ),
         Field(json_schema_extra={"default": default}),
         Form({"type": "string", "pattern": r"^\s*[+]?\d+\s*$"}),
-    ]
+    )
 
 
-def int_list(description: str, *, unsigned: bool, default: Any) -> Any:
+def int_list(description: str, *, unsigned: bool, default: Any) -> tuple[Any, ...]:
+    """A field of four integers (`list[int] | None`), non-negative when `unsigned`."""
     item: dict[str, Any] = {"type": "integer", **({"minimum": 0} if unsigned else {})}
     form = (
         {"pattern": NON_NEGATIVE_INT_LIST_TEXT, "description": "`0,10,0,0` or a JSON list"}
@@ -227,8 +230,7 @@ def int_list(description: str, *, unsigned: bool, default: Any) -> Any:
             "description": "`top,bottom,left,right`, a JSON list, or empty / `null` for none",
         }
     )
-    return Annotated[
-        list[int] | None,
+    return (
         BeforeValidator(parse_int_list),
         AfterValidator(non_negative if unsigned else lambda values: values),
         WithJsonSchema(
@@ -242,22 +244,22 @@ def int_list(description: str, *, unsigned: bool, default: Any) -> Any:
         ),
         Field(json_schema_extra={"default": default}),
         Form({"type": "string", **form}),
-    ]
+    )
 
 
-def flag(description: str, default: bool) -> Any:
-    return Annotated[
-        bool | None,
+def flag(description: str, default: bool) -> tuple[Any, ...]:
+    """A true/false field (`bool | None`)."""
+    return (
         BeforeValidator(parse_flag),
         WithJsonSchema({"type": ["boolean", "null"], "description": description}),
         Field(json_schema_extra={"default": default}),
         Form({"type": "string", "enum": ["true", "false", "1", "0"]}),
-    ]
+    )
 
 
-def choice(choices: tuple[str, ...], description: str, default: str) -> Any:
-    return Annotated[
-        str | None,
+def choice(choices: tuple[str, ...], description: str, default: str) -> tuple[Any, ...]:
+    """One of `choices` (`str | None`)."""
+    return (
         PlainValidator(lambda value: parse_choice(value, choices)),
         WithJsonSchema(
             {
@@ -268,11 +270,10 @@ def choice(choices: tuple[str, ...], description: str, default: str) -> Any:
         ),
         Field(json_schema_extra={"default": default}),
         Form({"type": "string", "enum": list(choices)}),
-    ]
+    )
 
 
-AvatarId = Annotated[
-    str | None,
+_AVATAR_ID = (
     PlainValidator(parse_avatar_id),
     WithJsonSchema(
         {
@@ -283,4 +284,7 @@ AvatarId = Annotated[
         }
     ),
     Form({"type": "string", "pattern": AVATAR_ID_REGEX}),
-]
+)
+AvatarId = Annotated[str | None, *_AVATAR_ID]
+# In a URL path the id is always there.
+PathAvatarId = Annotated[str, *_AVATAR_ID]

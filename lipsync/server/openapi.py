@@ -14,9 +14,9 @@ import copy
 from typing import Any
 
 from flask import Flask
-from flask_openapi3 import Tag
+from flask_openapi3 import OpenAPI, Tag
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from lipsync.errors import ErrorCode
 from lipsync.server import schemas
@@ -95,8 +95,8 @@ def ok(
     return out
 
 
-def errors(*statuses: int) -> dict[str, Any]:
-    """The shared error answers of these statuses."""
+def errors(*statuses: int) -> dict[str | int, dict[str, Any]]:
+    """The shared error answers of these statuses (keyed as flask-openapi3's `responses`)."""
     return {str(status): ref(f"Error{status}", "responses") for status in statuses}
 
 
@@ -120,6 +120,8 @@ def operation(
 
 def document(app: Flask) -> dict[str, Any]:
     """The app's finished document (built once per app)."""
+    if not isinstance(app, OpenAPI):
+        raise TypeError(f"app {app.name!r} is not a flask-openapi3 app: it has no document")
     if DOCUMENT not in app.extensions:
         app.extensions[DOCUMENT] = finish(
             copy.deepcopy(app.api_doc), app.extensions["lipsync"].settings
@@ -143,7 +145,9 @@ class _Untitled(GenerateJsonSchema):
 
 def model_schemas() -> dict[str, Any]:
     """Component schemas of every request and response model (nested ones included)."""
-    models = [(m, "validation") for m in (*schemas.REQUEST_MODELS, *schemas.RESPONSE_MODELS)]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (m, "validation") for m in (*schemas.REQUEST_MODELS, *schemas.RESPONSE_MODELS)
+    ]
     _, top = models_json_schema(
         models, ref_template=REF.format(kind="schemas", name="{model}"), schema_generator=_Untitled
     )
@@ -187,6 +191,8 @@ def form_schema(model: type[BaseModel], *, files: bool) -> dict[str, Any]:
         form = next((m for m in field.metadata if isinstance(m, Form)), Form())
         properties[name] = media if form.media else form.schema
     extra = model.model_config.get("json_schema_extra") or {}
+    if not isinstance(extra, dict):
+        raise TypeError(f"{model.__name__}: json_schema_extra must be a dict")
     return {"type": "object", "properties": properties, **extra}
 
 

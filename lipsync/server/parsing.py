@@ -86,5 +86,5 @@ def field_error(exc: ValidationError) -> InvalidFieldError:
 def response_mode(req: Request, response: str | None) -> tuple[bool, str | None]:
     """(binary response?, container implied by Accept) from the `response` field and Accept."""
     best = req.accept_mimetypes.best_match(["application/json", *VIDEO_MIME_TYPES])
-    container = VIDEO_MIME_TYPES.get(best)
+    container = VIDEO_MIME_TYPES.get(best) if best is not None else None
     return response == "binary" or container is not None, container

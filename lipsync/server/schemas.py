@@ -11,6 +11,8 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.config import JsonValue
+from pydantic.json_schema import SkipJsonSchema
 
 from lipsync.errors import ErrorCode
 from lipsync.options import (
@@ -29,6 +31,7 @@ from lipsync.options import (
 from lipsync.server.fields import (
     AVATAR_ID_REGEX,
     AvatarId,
+    PathAvatarId,
     choice,
     flag,
     int_list,
@@ -40,7 +43,7 @@ from lipsync.server.fields import refuse as _refuse
 from lipsync.settings import FORMATS, Settings
 
 MAX_FPS_DOC = int(MAX_FPS) if float(MAX_FPS).is_integer() else MAX_FPS
-ONE_FACE = [{"required": ["image"]}, {"required": ["video"]}]
+ONE_FACE: list[JsonValue] = [{"required": ["image"]}, {"required": ["video"]}]
 
 
 def _missing(field: str, what: str) -> Exception:
@@ -52,70 +55,101 @@ class FaceOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    pads: int_list(
-        "[top, bottom, left, right] extra pixels around the detected face",
-        unsigned=True,
-        default=list(DEFAULT_PADS),
-    ) = None
-    box: int_list(
-        "explicit face box [top, bottom, left, right]: skips detection; it must lie inside "
-        "the image (else 422 `invalid_input`)",
-        unsigned=False,
-        default=None,
-    ) = None
-    smooth: flag("average face boxes over 5 frames (videos)", default=True) = None
-    quality: choice(
-        QUALITY_MODES,
-        "output size: `standard` fits within 1280×720 (portrait 720×1280), `high` within "
-        "1920×1080, `original` keeps the input's size; never enlarged, aspect ratio kept, even "
-        "sizes. Applied once per avatar, before face detection (default: the server's "
-        "LIPSYNC_DEFAULT_QUALITY). With `avatar_id` it must match the avatar's.",
-        default=QUALITY_MODES[0],
-    ) = None
+    pads: Annotated[
+        list[int] | None,
+        *int_list(
+            "[top, bottom, left, right] extra pixels around the detected face",
+            unsigned=True,
+            default=list(DEFAULT_PADS),
+        ),
+    ] = None
+    box: Annotated[
+        list[int] | None,
+        *int_list(
+            "explicit face box [top, bottom, left, right]: skips detection; it must lie inside "
+            "the image (else 422 `invalid_input`)",
+            unsigned=False,
+            default=None,
+        ),
+    ] = None
+    smooth: Annotated[
+        bool | None, *flag("average face boxes over 5 frames (videos)", default=True)
+    ] = None
+    quality: Annotated[
+        str | None,
+        *choice(
+            QUALITY_MODES,
+            "output size: `standard` fits within 1280×720 (portrait 720×1280), `high` within "
+            "1920×1080, `original` keeps the input's size; never enlarged, aspect ratio kept, even "
+            "sizes. Applied once per avatar, before face detection (default: the server's "
+            "LIPSYNC_DEFAULT_QUALITY). With `avatar_id` it must match the avatar's.",
+            default=QUALITY_MODES[0],
+        ),
+    ] = None
 
 
 class RenderFields(BaseModel):
     """How the video is made; validated on registration too, but not stored."""
 
-    fps: number(
-        1,
-        MAX_FPS_DOC,
-        f"output frame rate for an image (1..{MAX_FPS_DOC}); a video (or video avatar) "
-        "keeps its own rate",
-        default=25,
-    ) = None
-    format: choice(
-        FORMATS,
-        "WebM = VP9 + Opus; MP4 = H.264 + AAC (faststart). Without it, a video `Accept` "
-        "header chooses the container.",
-        default=FORMATS[0],
-    ) = None
-    model: choice(GENERATOR_NAMES, "generator weights", default=GENERATOR_NAMES[0]) = None
-    blend: choice(
-        BLEND_MODES,
-        "`soft`: only the lower face (mouth, chin, cheeks below the nose) takes generated "
-        "pixels, through a feathered mask colour-matched to the skin around it; everything "
-        "else keeps the original pixels. `none`: the whole face box is replaced, as the "
-        "reference Wav2Lip does (for parity checks). Default: LIPSYNC_DEFAULT_BLEND.",
-        default=BLEND_MODES[0],
-    ) = None
-    silence_gate: flag(
-        "frames whose 0.2 s audio window peaks below `silence_threshold_db` show the avatar's "
-        "own frame without inference; switches cross-fade over `silence_fade_frames` frames",
-        default=False,
-    ) = None
-    silence_threshold_db: number(
-        MIN_SILENCE_THRESHOLD_DB,
-        MAX_SILENCE_THRESHOLD_DB,
-        "dB on Wav2Lip's mel scale (-100 = digital silence; speech peaks around -25..-45)",
-        default=DEFAULT_SILENCE_THRESHOLD_DB,
-    ) = None
-    silence_fade_frames: integer(
-        0,
-        MAX_SILENCE_FADE_FRAMES,
-        "frames over which generated and original frames cross-fade",
-        default=DEFAULT_SILENCE_FADE_FRAMES,
-    ) = None
+    fps: Annotated[
+        float | None,
+        *number(
+            1,
+            MAX_FPS_DOC,
+            f"output frame rate for an image (1..{MAX_FPS_DOC}); a video (or video avatar) "
+            "keeps its own rate",
+            default=25,
+        ),
+    ] = None
+    format: Annotated[
+        str | None,
+        *choice(
+            FORMATS,
+            "WebM = VP9 + Opus; MP4 = H.264 + AAC (faststart). Without it, a video `Accept` "
+            "header chooses the container.",
+            default=FORMATS[0],
+        ),
+    ] = None
+    model: Annotated[
+        str | None, *choice(GENERATOR_NAMES, "generator weights", default=GENERATOR_NAMES[0])
+    ] = None
+    blend: Annotated[
+        str | None,
+        *choice(
+            BLEND_MODES,
+            "`soft`: only the lower face (mouth, chin, cheeks below the nose) takes generated "
+            "pixels, through a feathered mask colour-matched to the skin around it; everything "
+            "else keeps the original pixels. `none`: the whole face box is replaced, as the "
+            "reference Wav2Lip does (for parity checks). Default: LIPSYNC_DEFAULT_BLEND.",
+            default=BLEND_MODES[0],
+        ),
+    ] = None
+    silence_gate: Annotated[
+        bool | None,
+        *flag(
+            "frames whose 0.2 s audio window peaks below `silence_threshold_db` show the avatar's "
+            "own frame without inference; switches cross-fade over `silence_fade_frames` frames",
+            default=False,
+        ),
+    ] = None
+    silence_threshold_db: Annotated[
+        float | None,
+        *number(
+            MIN_SILENCE_THRESHOLD_DB,
+            MAX_SILENCE_THRESHOLD_DB,
+            "dB on Wav2Lip's mel scale (-100 = digital silence; speech peaks around -25..-45)",
+            default=DEFAULT_SILENCE_THRESHOLD_DB,
+        ),
+    ] = None
+    silence_fade_frames: Annotated[
+        int | None,
+        *integer(
+            0,
+            MAX_SILENCE_FADE_FRAMES,
+            "frames over which generated and original frames cross-fade",
+            default=DEFAULT_SILENCE_FADE_FRAMES,
+        ),
+    ] = None
 
     def render_options(self, settings: Settings) -> RenderOptions:
         """The library's options: the given fields, the server's defaults, the rest default."""
@@ -148,8 +182,10 @@ class RegisterAvatarRequest(RenderFields, FaceOptions):
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": ONE_FACE})
 
-    image: media(FACE_DOC) = None
-    video: media("The same as `image` (either name works for either kind).") = None
+    image: Annotated[bytes | None, *media(FACE_DOC)] = None
+    video: Annotated[
+        bytes | None, *media("The same as `image` (either name works for either kind).")
+    ] = None
 
     @property
     def face(self) -> bytes | None:
@@ -177,15 +213,21 @@ class GenerateRequest(RegisterAvatarRequest):
         },
     )
 
-    audio: media(
-        "Speech: WAV of any layout (8/16/24/32-bit int, float; mono or multi-channel; "
-        "8..192 kHz), MP3, OGG, FLAC, WebM/Opus, M4A.",
-        nullable=False,
-    ) = None
+    audio: Annotated[
+        bytes | None,
+        *media(
+            "Speech: WAV of any layout (8/16/24/32-bit int, float; mono or multi-channel; "
+            "8..192 kHz), MP3, OGG, FLAC, WebM/Opus, M4A.",
+            nullable=False,
+        ),
+    ] = None
     avatar_id: AvatarId = None
-    response: choice(
-        ("json", "binary"), "`binary`: the video itself (as with a video `Accept`)", "json"
-    ) = None
+    response: Annotated[
+        str | None,
+        *choice(
+            ("json", "binary"), "`binary`: the video itself (as with a video `Accept`)", "json"
+        ),
+    ] = None
 
     def _face_optional(self) -> bool:
         return self.avatar_id is not None
@@ -198,12 +240,16 @@ class GenerateRequest(RegisterAvatarRequest):
 
 
 class AvatarPath(BaseModel):
-    avatar_id: AvatarId = Field(
+    avatar_id: PathAvatarId = Field(
         description="32 lowercase hex digits (anything else: 400 `invalid_avatar_id`)"
     )
 
 
 # -- responses -----------------------------------------------------------------------------
+
+# A response field that may be left out (`field: str | Absent = None`): absent from the
+# answer, never null, so the schema does not offer null (openapi drops its null default).
+Absent = SkipJsonSchema[None]
 
 
 ERROR_CODE_SCHEMA = {
@@ -218,7 +264,9 @@ ERROR_CODE_SCHEMA = {
 class ErrorDetail(BaseModel):
     code: Annotated[str, WithJsonSchema(ERROR_CODE_SCHEMA)]
     message: str = Field(min_length=1)
-    field: str = Field(default=None, description="the request field at fault, when there is one")
+    field: str | Absent = Field(
+        default=None, description="the request field at fault, when there is one"
+    )
 
 
 class Error(BaseModel):
@@ -294,28 +342,28 @@ class ModelState(BaseModel):
 
 
 class Capabilities(BaseModel):
-    formats: list[str] = None
-    models: list[str] = None
-    max_audio_seconds: float = None
-    max_body_mb: float = None
+    formats: list[str] | Absent = None
+    models: list[str] | Absent = None
+    max_audio_seconds: float | Absent = None
+    max_body_mb: float | Absent = None
 
 
 class HealthError(BaseModel):
     """When degraded: what is missing and the command that fixes it."""
 
-    code: Literal[ErrorCode.MODELS_MISSING.code]
+    code: Literal["models_missing"]  # ErrorCode.MODELS_MISSING.code
     message: str
-    fix: str = None
+    fix: str | Absent = None
 
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
-    openvino_version: str = None
-    device: str = None
-    precision: str = None
-    models: dict[str, ModelState] = None
-    capabilities: Capabilities = None
-    error: HealthError = None
+    openvino_version: str | Absent = None
+    device: str | Absent = None
+    precision: str | Absent = None
+    models: dict[str, ModelState] | Absent = None
+    capabilities: Capabilities | Absent = None
+    error: HealthError | Absent = None
 
 
 class Liveness(BaseModel):
@@ -324,14 +372,14 @@ class Liveness(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
-    reasons: list[str] = Field(
+    reasons: list[str] | Absent = Field(
         default=None, description="why the worker cannot take generations (when not_ready)"
     )
 
 
 class Index(BaseModel):
     service: str
-    endpoints: dict[str, str] = None
+    endpoints: dict[str, str] | Absent = None
 
 
 class OpenAPIDocument(BaseModel):
