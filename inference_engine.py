@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Generator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,7 +345,7 @@ class Wav2LipInferenceEngine:
         blend: str = "soft",
         weights: np.ndarray | None = None,
         first_batch: int | None = None,
-    ) -> Iterator[np.ndarray]:
+    ) -> Generator[np.ndarray, None, None]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size
         (or first_batch for the first).
 

@@ -8,7 +8,7 @@ encoded bytes out batch by batch instead of as one file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterator, MutableMapping
+from collections.abc import Callable, Generator, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,7 +152,7 @@ class _Pipeline:
 
 
 def _encoded_chunks(
-    batches: Iterator[np.ndarray],
+    batches: Generator[np.ndarray, None, None],
     encoder: VideoEncoder,
     timings: MutableMapping[str, float],
     check: Callable[[], None] | None,
@@ -318,7 +318,7 @@ class GenerationStream:
         self._encoder, self._timings = encoder, timings
         self._chunks = self._run(pipeline.chunks)
 
-    def _run(self, chunks: Generator[bytes, None, EncodedVideo]) -> Iterator[bytes]:
+    def _run(self, chunks: Generator[bytes, None, EncodedVideo]) -> Generator[bytes, None, None]:
         video = yield from chunks  # closing this generator closes `chunks` mid-way
         self.result = GenerationResult(
             video=video,

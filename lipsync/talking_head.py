@@ -138,7 +138,7 @@ class Wav2LipTalkingHead:
     def stream(
         self,
         audio_path: str | os.PathLike,
-        fmt: str = "webm",
+        fmt: ContainerName = "webm",
         fps: float = 25,
         include_audio: bool = True,
     ) -> generation.GenerationStream:

@@ -161,14 +161,18 @@ class VideoEncoder:
         self.encoded_width, self.encoded_height = width - width % 2, height - height % 2
         self.rate = frame_rate(fps)
         samples = prepare_audio(audio, sample_rate)
-        self._audio_duration = None if samples is None else samples.size / sample_rate
+        if samples is not None and sample_rate is None:  # prepare_audio refuses this too
+            raise ValueError("sample_rate is required with audio")
+        self._audio_duration = (
+            None if samples is None or sample_rate is None else samples.size / sample_rate
+        )
         self.num_frames = 0
         self._closed = False
         self._started = time.perf_counter()
         self.live = live
         self._buffer = io.BytesIO()
         self._sink = ChunkSink() if live else None
-        self._container = av.open(
+        self._container: av.container.OutputContainer | None = av.open(
             self._sink if live else self._buffer,
             mode="w",
             format=self.options.container,
@@ -176,12 +180,14 @@ class VideoEncoder:
             io_open=self._io_open,
         )
         try:
-            self._video = self._add_video_stream()
-            self._audio = None if samples is None else self._add_audio_stream()
-            self._container.start_encoding()  # opens the codecs: audio frame_size is known
-            self._audio_feed = (
+            self._video: av.video.stream.VideoStream | None = self._add_video_stream()
+            self._audio: av.audio.stream.AudioStream | None = (
+                None if samples is None else self._add_audio_stream()
+            )
+            self._output.start_encoding()  # opens the codecs: audio frame_size is known
+            self._audio_feed: AudioFeed | None = (
                 None
-                if self._audio is None
+                if self._audio is None or samples is None or sample_rate is None
                 else AudioFeed(samples, sample_rate, self._audio.codec_context)
             )
         except BaseException:
@@ -189,6 +195,18 @@ class VideoEncoder:
             raise
 
     # -- setup
+
+    @property
+    def _output(self) -> av.container.OutputContainer:
+        if self._container is None:
+            raise RuntimeError("encoder is closed")
+        return self._container
+
+    @property
+    def _video_stream(self) -> av.video.stream.VideoStream:
+        if self._video is None:
+            raise RuntimeError("encoder is closed")
+        return self._video
 
     def _io_open(self, url: str, flags: int, options: dict[str, Any]) -> Any:
         if flags != 1:  # AVIO_FLAG_READ only: the faststart re-read of our own output
@@ -216,7 +234,9 @@ class VideoEncoder:
             }
             if self.live:
                 codec_options.update({"bf": "0", "rc-lookahead": str(_LIVE_X264_LOOKAHEAD)})
-        stream = self._container.add_stream(codec, rate=self.rate, options=codec_options)
+        stream = self._output.add_stream(codec, rate=self.rate, options=codec_options)
+        if not isinstance(stream, av.video.stream.VideoStream):
+            raise TypeError(f"{codec} did not give a video stream")
         ctx = stream.codec_context
         ctx.width, ctx.height = self.encoded_width, self.encoded_height
         ctx.pix_fmt = "yuv420p"
@@ -229,7 +249,9 @@ class VideoEncoder:
 
     def _add_audio_stream(self) -> av.audio.stream.AudioStream:
         codec = "libopus" if self.options.container == "webm" else "aac"
-        stream = self._container.add_stream(codec, rate=AUDIO_RATE, layout="mono")
+        stream = self._output.add_stream(codec, rate=AUDIO_RATE, layout="mono")
+        if not isinstance(stream, av.audio.stream.AudioStream):
+            raise TypeError(f"{codec} did not give an audio stream")
         stream.codec_context.bit_rate = self.options.audio_bitrate
         return stream
 
@@ -251,8 +273,8 @@ class VideoEncoder:
         video_frame.colorspace = _AVCOL_SPC_SMPTE170M
         video_frame.color_range = _AVCOL_RANGE_MPEG
         video_frame.pts = self.num_frames
-        video_frame.time_base = self._video.codec_context.time_base
-        self._container.mux(self._video.encode(video_frame))
+        video_frame.time_base = self._video_stream.codec_context.time_base
+        self._output.mux(self._video_stream.encode(video_frame))
         self.num_frames += 1
         self._write_audio_until(self.num_frames / self.rate)
 
@@ -264,11 +286,11 @@ class VideoEncoder:
 
     def _write_audio_until(self, seconds: Fraction | None) -> None:
         """Encode the queued audio frames starting before `seconds` (all if None)."""
-        if self._audio_feed is None:
+        if self._audio_feed is None or self._audio is None:
             return
         limit = None if seconds is None else seconds * AUDIO_RATE
         for frame in self._audio_feed.frames_before(limit):
-            self._container.mux(self._audio.encode(frame))
+            self._output.mux(self._audio.encode(frame))
 
     def finish(self) -> EncodedVideo:
         """Flush encoders, finalise the container and return the file."""
@@ -277,11 +299,11 @@ class VideoEncoder:
         try:
             if self.num_frames == 0:
                 raise ValueError("no frames were written")
-            self._container.mux(self._video.encode(None))
+            self._output.mux(self._video_stream.encode(None))
             if self._audio is not None:
                 self._write_audio_until(None)
-                self._container.mux(self._audio.encode(None))
-            self._container.close()
+                self._output.mux(self._audio.encode(None))
+            self._output.close()
             self._closed = True
             data = b"" if self.live else self._buffer.getvalue()
         finally:
@@ -303,7 +325,7 @@ class VideoEncoder:
             result.height,
             self.options.container,
             " (live)" if self.live else "",
-            self._sink.total if self.live else len(data),
+            self._sink.total if self._sink is not None else len(data),
             time.perf_counter() - self._started,
         )
         return result
@@ -336,7 +358,7 @@ class VideoEncoder:
         if self.options.container == "webm":
             names = ["vp9"]
         else:
-            names = [avc_codec_string(self._video.codec_context.extradata)]
+            names = [avc_codec_string(self._video_stream.codec_context.extradata)]
         if self._audio is not None:
             names.append("opus" if self.options.container == "webm" else "mp4a.40.2")
         return ",".join(names)
@@ -347,7 +369,8 @@ class VideoEncoder:
         if not self._closed:
             self._closed = True
             try:
-                self._container.close()
+                if self._container is not None:
+                    self._container.close()
             except (av.FFmpegError, OSError, ValueError) as exc:
                 logger.debug("ignoring error while aborting encode: %s", exc)
         # The container holds our io_open hook (a bound method), so it and the encoder form

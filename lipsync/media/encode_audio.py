@@ -65,7 +65,7 @@ class AudioFeed:
     def frames_before(self, limit: Fraction | None) -> Iterator[av.AudioFrame]:
         """The frames starting before output sample `limit` (all remaining if None)."""
         while True:
-            while self._ready and (limit is None or self._ready[0].pts < limit):
+            while self._ready and (limit is None or _starts_before(self._ready[0], limit)):
                 yield self._ready.popleft()
             if self._ready or not self._resample_more():
                 return
@@ -89,3 +89,8 @@ class AudioFeed:
             self._pts += frame.samples
             self._ready.append(frame)
         return True
+
+
+def _starts_before(frame: av.AudioFrame, limit: Fraction) -> bool:
+    """Frames made here always carry a pts (in output samples)."""
+    return frame.pts is not None and frame.pts < limit

@@ -87,7 +87,7 @@ def generate_video():
 
 def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:
     """The video as JSON (base64 and metadata) or as a file with X-* metadata headers."""
-    meta = {
+    meta: dict[str, Any] = {
         "mime_type": result.video.mime_type,
         "num_frames": result.video.num_frames,
         "duration": round(result.video.duration, 3),
