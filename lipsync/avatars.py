@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_engine import PreparedFace
 from lipsync.errors import ErrorCode, InvalidFieldError
+from lipsync.faces import PreparedFace
 from lipsync.media.sizing import fit_frames
 from lipsync.options import RenderOptions
 from lipsync.util import timed

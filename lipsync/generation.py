@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import audio
-from inference_engine import PreparedFace, Wav2LipInferenceEngine
+from inference_engine import Wav2LipInferenceEngine
 from lipsync import compositing
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
+from lipsync.faces import PreparedFace
 from lipsync.media.encode import EncodedVideo, VideoEncoder
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image

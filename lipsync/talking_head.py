@@ -23,9 +23,10 @@ import numpy as np
 import openvino as ov
 
 import audio
-from inference_engine import PreparedFace, Wav2LipInferenceEngine
+from inference_engine import Wav2LipInferenceEngine
 from lipsync import generation
 from lipsync.errors import InvalidFieldError
+from lipsync.faces import PreparedFace
 from lipsync.media.encode_options import ContainerName, EncodeOptions
 from lipsync.media.images import decode_image
 from lipsync.options import DEFAULT_PADS, RenderOptions, output_size

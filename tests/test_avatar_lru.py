@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inference_engine import PreparedFace, crop_faces
 from lipsync.avatars import AvatarStore
+from lipsync.faces import PreparedFace, crop_faces
 from lipsync.options import RenderOptions
 
 SIDE = 64

@@ -14,8 +14,8 @@ import pytest
 from helpers import ASSETS, assert_error, b64, decode, wav_bytes
 
 from app import create_app
-from inference_engine import frame_order
 from lipsync.avatars import AVATAR_ID_PATTERN
+from lipsync.faces import frame_order
 
 
 @pytest.fixture(scope="module")

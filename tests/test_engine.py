@@ -14,7 +14,8 @@ from helpers import FACE_BOX
 
 import audio
 from face_detection import FaceNotDetectedError
-from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine, frame_order
+from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine
+from lipsync.faces import frame_order
 from lipsync.options import RenderOptions
 from networks import reference_pipeline
 from tools import checkpoints
