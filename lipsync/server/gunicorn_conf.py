@@ -14,10 +14,12 @@ from pathlib import Path
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
 workers = int(os.environ.get("LIPSYNC_WORKERS", "1"))
-# Threads per worker: generations beyond LIPSYNC_MAX_CONCURRENT wait in a bounded queue, and
-# one thread stays free for health checks and metrics while the others generate.
+# gevent: every connection is a greenlet, so idle, slow or stalled clients cost no thread;
+# generation runs on native threads (lipsync/server/offload.py), bounded by admission.
+worker_class = os.environ.get("LIPSYNC_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("LIPSYNC_WORKER_CONNECTIONS", "1000"))
+# Threads per worker for LIPSYNC_WORKER_CLASS=gthread only (each connection holds one).
 threads = int(os.environ.get("LIPSYNC_THREADS", "4"))
-worker_class = "gthread"
 # The arbiter kills a worker silent this long; generations are bounded well below it.
 timeout = int(os.environ.get("LIPSYNC_WORKER_TIMEOUT", "300"))
 graceful_timeout = int(os.environ.get("LIPSYNC_GRACEFUL_TIMEOUT", "60"))

@@ -5,20 +5,24 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, g, jsonify, request
 from flask_openapi3 import APIBlueprint
 
 from lipsync import generation
+from lipsync.avatars import Avatar
 from lipsync.media.encode_options import EncodeOptions
+from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
+from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import LIMITS, VIDEO_HEADERS, errors, ok, operation
 from lipsync.server.parsing import parse_request, response_mode
-from lipsync.server.routes.avatars import lookup_avatar
+from lipsync.server.routes.avatars import not_found
 from lipsync.server.schemas import GenerateRequest, GenerateResult
-from lipsync.server.service import service
+from lipsync.server.service import Service, service
 
 generate = APIBlueprint("generate", __name__)
 
@@ -59,27 +63,45 @@ def generate_video():
     binary, accepted_container = response_mode(request, req.response)
     fmt = req.format or accepted_container or settings.default_format
     options = req.render_options(settings.fill_missing_faces)
-    speech = generation.decode_speech(req.audio, settings)
-    timings: dict[str, float] = {}
-    with svc.admission.slot():
+    speech = run_in_thread(generation.decode_speech, req.audio, settings)
+    with svc.admission.slot():  # waited for on the greenlet: a queued request costs no thread
         deadline.check()
-        if req.avatar_id is not None:
-            avatar = lookup_avatar(req.avatar_id)
-        else:
-            avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
-        if avatar.fps is not None:
-            options = dataclasses.replace(options, fps=avatar.fps)
-        result = generation.generate(
-            svc.engine,
-            avatar.prepared,
-            speech,
-            options,
-            EncodeOptions(container=fmt),
-            timings,
-            check=deadline.check,
+        avatar, result = run_in_thread(
+            render, svc, req, options, fmt, speech, deadline.check, watch=deadline
         )
     obs.observe_generation(result.timings_ms, result.video.num_frames)
     return answer(result, avatar.avatar_id, binary)
+
+
+def render(
+    svc: Service,
+    req: GenerateRequest,
+    options: RenderOptions,
+    fmt: str,
+    speech: generation.Speech,
+    check: Callable[[], None],
+) -> tuple[Avatar, generation.GenerationResult]:
+    """Detection (unless an avatar or box is given), inference, paste and encoding: the
+    CPU-bound part of a request, run on a native thread (no Flask context here)."""
+    timings: dict[str, float] = {}
+    if req.avatar_id is not None:
+        avatar = svc.store.get(req.avatar_id)
+        if avatar is None:
+            raise not_found(req.avatar_id)
+    else:
+        avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
+    if avatar.fps is not None:
+        options = dataclasses.replace(options, fps=avatar.fps)
+    result = generation.generate(
+        svc.engine,
+        avatar.prepared,
+        speech,
+        options,
+        EncodeOptions(container=fmt),
+        timings,
+        check=check,
+    )
+    return avatar, result
 
 
 def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:

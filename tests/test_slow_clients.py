@@ -1,0 +1,59 @@
+"""Slow and stalled clients against the real gunicorn server (gevent worker): they must
+cost no generation capacity, keep health checks answering and leave nothing behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from conftest import start_server, stop_server
+from test_production import generate_body
+
+from tools.local_server import stall_requests, worker_rss_kib, worker_threads
+
+STALLED = 64
+RSS_GROWTH_KIB = 32 * 1024
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.mark.slow
+def test_stalled_clients_cost_no_capacity_and_leave_nothing(untrained_models, tmp_path):
+    # LIPSYNC_THREADS would be the whole capacity of a gthread worker; gevent ignores it
+    server = start_server(untrained_models, tmp_path, LIPSYNC_THREADS="4")
+    try:
+        (pid,) = server.worker_pids()
+        body = generate_body(1.0)
+        assert requests.post(server.url + "/api/generate", json=body, timeout=120).ok
+        threads, rss = worker_threads(pid), worker_rss_kib(pid)
+
+        stalled = stall_requests(server.url, STALLED)
+        try:
+            time.sleep(0.5)  # every stalled request is inside the view, reading its body
+            started = time.monotonic()
+            live = requests.get(server.url + "/health/live", timeout=1)
+            assert live.status_code == 200
+            assert time.monotonic() - started < 1
+            response = requests.post(server.url + "/api/generate", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            assert response.json()["num_frames"] == 25
+            assert worker_threads(pid) == threads  # 64 connections, not one thread more
+        finally:
+            for sock in stalled:
+                sock.close()
+
+        assert wait_for(lambda: worker_threads(pid) == threads, 10)
+        assert requests.get(server.url + "/health/live", timeout=1).status_code == 200
+        assert not list(server.tmpdir.iterdir()), "temporary files left behind"
+        assert worker_rss_kib(pid) - rss < RSS_GROWTH_KIB
+        assert server.worker_pids() == {pid}  # never killed for silence
+    finally:
+        stop_server(server)
