@@ -3,6 +3,8 @@ cost no generation capacity, keep health checks answering and leave nothing behi
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import pytest
@@ -55,5 +57,38 @@ def test_stalled_clients_cost_no_capacity_and_leave_nothing(untrained_models, tm
         assert not list(server.tmpdir.iterdir()), "temporary files left behind"
         assert worker_rss_kib(pid) - rss < RSS_GROWTH_KIB
         assert server.worker_pids() == {pid}  # never killed for silence
+        log = server.log_path.read_text()
+        assert "WORKER TIMEOUT" not in log and "Parent changed" not in log
     finally:
+        stop_server(server)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_running_generation_then_stops(untrained_models, tmp_path):
+    server = start_server(untrained_models, tmp_path, LIPSYNC_GRACEFUL_TIMEOUT="20")
+    stalled = stall_requests(server.url, 8)  # they must not keep the worker past the limit
+    try:
+        outcome = {}
+
+        def generate():
+            outcome["response"] = requests.post(
+                server.url + "/api/generate", json=generate_body(4.0), timeout=120
+            )
+
+        thread = threading.Thread(target=generate)
+        thread.start()
+        time.sleep(1.5)  # mid-generation
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert outcome["response"].status_code == 200  # the running request is finished
+        assert outcome["response"].json()["num_frames"] == 100
+        server.process.wait(40)  # the stalled ones are dropped at the graceful limit
+        assert time.monotonic() - started < 20 + 10
+        log = server.log_path.read_text()
+        for trouble in ("Traceback", "WORKER TIMEOUT", "Parent changed"):
+            assert trouble not in log  # "Parent changed": a forked copy ran the worker's loop
+    finally:
+        for sock in stalled:
+            sock.close()
         stop_server(server)
