@@ -47,12 +47,13 @@ def test_stalled_clients_cost_no_capacity_and_leave_nothing(untrained_models, tm
             response = requests.post(server.url + "/api/generate", json=body, timeout=120)
             assert response.status_code == 200, response.text
             assert response.json()["num_frames"] == 25
-            assert worker_threads(pid) == threads  # 64 connections, not one thread more
+            # 64 connections, not one thread more (idle pool threads may have exited: <=)
+            assert worker_threads(pid) <= threads
         finally:
             for sock in stalled:
                 sock.close()
 
-        assert wait_for(lambda: worker_threads(pid) == threads, 10)
+        assert wait_for(lambda: worker_threads(pid) <= threads, 10)
         assert requests.get(server.url + "/health/live", timeout=1).status_code == 200
         assert not list(server.tmpdir.iterdir()), "temporary files left behind"
         assert worker_rss_kib(pid) - rss < RSS_GROWTH_KIB
