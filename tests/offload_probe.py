@@ -6,7 +6,9 @@ from gevent import monkey
 monkey.patch_all()
 
 import hashlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -17,6 +19,7 @@ from lipsync.server.offload import (  # noqa: E402
     ReaderTooSlowError,
     ThreadedStream,
     gevent_active,
+    native_logging_locks,
     run_in_thread,
 )
 
@@ -147,7 +150,31 @@ def main() -> None:
     except KeyError as exc:
         out["failing_error"] = str(exc)
     out["failing_items"] = got
+    out["logged_lines"] = log_from_both_sides(2000)
     print(json.dumps(out))
+
+
+def log_from_both_sides(count: int) -> int:
+    """Lines logged by 3 native threads and 3 greenlets at once, `count` each, within 30 s."""
+    stream = io.StringIO()
+    logging.basicConfig(stream=stream, level=logging.INFO, force=True)
+    native_logging_locks()
+    log = logging.getLogger("probe")
+
+    def native():
+        for i in range(count):
+            log.info("native %d", i)
+
+    def green():
+        for i in range(count):
+            log.info("green %d", i)
+            if i % 20 == 0:
+                gevent.sleep(0)
+
+    jobs = [gevent.spawn(run_in_thread, native) for _ in range(3)]
+    jobs += [gevent.spawn(green) for _ in range(3)]
+    gevent.joinall(jobs, timeout=30)
+    return stream.getvalue().count("\n")
 
 
 if __name__ == "__main__":

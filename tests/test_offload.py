@@ -155,3 +155,5 @@ def test_offload_under_gevent_keeps_the_event_loop_turning():
     assert out["stalled_closed_off_hub"]
     assert out["stalled_error"] == "timeout"
     assert out["failing_items"] == [1, 2] and out["failing_error"] == "'boom'"
+    # greenlets and native threads logging at once (with greenlet handler locks: a stall)
+    assert out["logged_lines"] == 6 * 2000

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from lipsync.errors import ErrorCode, LipSyncError
 from lipsync.server.admission import Deadline
-from lipsync.util import native_lock
+from lipsync.util import native_lock, native_rlock
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +43,16 @@ def gevent_active() -> bool:
     """True in a gevent worker (threading monkey-patched to greenlets)."""
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and monkey.is_module_patched("threading")
+
+
+def native_logging_locks() -> None:
+    """Give every logging handler an OS lock. Under gevent a handler made after the patch
+    (e.g. by `logging.basicConfig` in the worker) locks with a greenlet lock, and greenlets
+    and native threads logging at once then stall on it."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for each in loggers:
+        for handler in getattr(each, "handlers", ()):  # placeholders have none
+            handler.lock = native_rlock()
 
 
 def run_in_thread(fn: Callable[..., T], *args: Any, watch: Deadline | None = None) -> T:
