@@ -74,26 +74,9 @@ def post_fork(server, worker):
     if MALLOPT is not None:
         for option, value in MALLOC_SETTINGS.items():
             MALLOPT(option, value)
-    settle_openvino_telemetry()
+    from lipsync.server.offload import import_native_libraries
 
-
-def settle_openvino_telemetry() -> None:
-    """Import OpenVINO and let its telemetry event go out before gevent patches threading.
-
-    `import openvino` sends an event from a helper thread that forks the process. Patched,
-    that thread would be a greenlet and the forked copy would go on running this worker's
-    other greenlets (its connections). Here, before the patch, it is a native thread, and
-    it is shut down (waiting for its send, at most the telemetry's 3 s timeout; nothing
-    when telemetry is opted out) so no pre-patch thread lives on into the worker.
-    """
-    import openvino  # noqa: F401
-
-    try:
-        from openvino_telemetry import Telemetry
-
-        Telemetry().sender.executor.shutdown(wait=True)
-    except (ImportError, AttributeError, RuntimeError):  # no telemetry, or another version
-        pass
+    import_native_libraries()  # before the gevent worker patches threading
 
 
 def post_request(worker, req, environ, resp):

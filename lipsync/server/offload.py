@@ -13,6 +13,7 @@ its items to the greenlet writing the response through a bounded buffer.
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import sys
 import threading
@@ -33,6 +34,11 @@ PEER_POLL_S = 0.25
 CANCEL_GRACE_S = 30.0
 
 
+# What generation runs on native threads. Imported before gevent patches threading (see
+# import_native_libraries), their module-level locks are OS locks.
+NATIVE_THREAD_LIBRARIES = ("numpy", "numpy.fft", "cv2", "av", "soundfile", "soxr", "PIL.Image")
+
+
 class ReaderTooSlowError(LipSyncError):
     """The client read nothing for the stream's time limit: its producer was stopped."""
 
@@ -45,10 +51,36 @@ def gevent_active() -> bool:
     return monkey is not None and monkey.is_module_patched("threading")
 
 
+def import_native_libraries() -> None:
+    """Import the libraries generation uses, and OpenVINO, before gevent's monkey patching
+    (gunicorn's post_fork hook). Imported after it, a lock a library makes at import time
+    (e.g. soundfile's error lock) would be a greenlet lock shared by native threads.
+
+    `import openvino` also sends a telemetry event from a helper thread that forks the
+    process. Patched, that thread would be a greenlet and the forked copy would go on
+    running the worker's other greenlets (its connections). Here it is a native thread,
+    and it is shut down, waiting for its send (at most the telemetry's 3 s timeout; nothing
+    to wait for when telemetry is opted out), so no pre-patch thread outlives the patch.
+    """
+    for name in NATIVE_THREAD_LIBRARIES:
+        importlib.import_module(name)
+    import openvino  # noqa: F401
+
+    try:
+        from openvino_telemetry import Telemetry
+
+        Telemetry().sender.executor.shutdown(wait=True)
+    except (ImportError, AttributeError, RuntimeError):  # no telemetry, or another version
+        pass
+
+
 def native_logging_locks() -> None:
-    """Give every logging handler an OS lock. Under gevent a handler made after the patch
-    (e.g. by `logging.basicConfig` in the worker) locks with a greenlet lock, and greenlets
-    and native threads logging at once then stall on it."""
+    """Give logging and every handler an OS lock. Under gevent they lock with greenlet
+    locks (a handler made after the patch, e.g. by `logging.basicConfig` in the worker, and
+    the module lock, which gevent converts), and greenlets and native threads logging at
+    once then stall on them."""
+    if hasattr(logging, "_lock"):  # the module's lock (logger cache, configuration)
+        logging._lock = native_rlock()
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     for each in loggers:
         for handler in getattr(each, "handlers", ()):  # placeholders have none
