@@ -108,6 +108,20 @@ def test_stream_closed_by_its_reader_stops_the_producer():
     assert len(produced) == count
 
 
+def test_stream_closed_before_it_is_iterated_releases_its_slot():
+    produced, state, finished = [], {}, []
+    stream = ThreadedStream(
+        counting(None, produced, state),
+        max_buffered=2,
+        reader_timeout_s=30,
+        on_finish=lambda: finished.append(1),
+    )
+    stream.close()  # e.g. the response was dropped before its body was read
+    assert finished == [1] and produced == []
+    with pytest.raises(RuntimeError, match="once"):
+        next(iter(stream))
+
+
 def test_stream_raises_the_producers_error_after_its_items():
     def failing():
         yield 1

@@ -216,7 +216,7 @@ class ThreadedStream(Generic[T]):
         self._finished = False
         self._space = _NativeEvent()  # producer waits on it: the reader took an item
         self._gevent = gevent_active()
-        self._ready = _HubEvent() if self._gevent else _NativeEvent()  # reader waits on it
+        self._ready: _HubEvent | _NativeEvent | None = None  # the reader waits on it
         self._started = False
 
     @property
@@ -239,10 +239,14 @@ class ThreadedStream(Generic[T]):
             self.close()
 
     def close(self) -> None:
-        """The reader is gone: stop the producer at its next item."""
+        """The reader is gone: stop the producer at its next item (never started: just
+        run `on_finish`)."""
         with self._lock:
             self._abandoned = True
         self._space.set()
+        if not self._started:
+            self._started = True
+            self._finish()
 
     # -- reader side -----------------------------------------------------------------------
 
@@ -263,7 +267,9 @@ class ThreadedStream(Generic[T]):
     # -- producer side ---------------------------------------------------------------------
 
     def _start_producer(self) -> None:
-        if self._gevent:
+        # made here, on the reader's greenlet: its watcher belongs to that loop
+        self._ready = _HubEvent() if self._gevent else _NativeEvent()
+        if isinstance(self._ready, _HubEvent):
             self._ready.hub.threadpool.spawn(self._run)
         else:
             threading.Thread(target=self._run, name="threaded-stream", daemon=True).start()
@@ -288,7 +294,10 @@ class ThreadedStream(Generic[T]):
             with self._lock:
                 self._done = True
             self._ready.set()
-            self._finish_on_loop() if self._gevent else self._finish()
+            if self._gevent:
+                self._finish_on_loop()
+            else:
+                self._finish()
 
     def _put(self, item: T) -> bool:
         """Buffer `item` once there is room; False when the reader is gone or too slow."""
@@ -321,7 +330,8 @@ class ThreadedStream(Generic[T]):
         if self._finished:
             return
         self._finished = True
-        self._ready.close()
+        if self._ready is not None:
+            self._ready.close()
         if self._on_finish is not None:
             try:
                 self._on_finish()
