@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
+from _thread import LockType
 from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from lipsync.errors import ErrorCode, InvalidFieldError
 from lipsync.faces import PreparedFace
 from lipsync.media.sizing import fit_frames
 from lipsync.options import RenderOptions
-from lipsync.util import timed
+from lipsync.util import native_lock, timed
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ class AvatarStore:
         self._decode = decode
         self._prepare = prepare
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
-        self._lock = threading.Lock()
-        self._creating: dict[str, threading.Lock] = {}
+        # Native locks: avatars are prepared on OS threads, also in a gevent worker.
+        self._lock = native_lock()
+        self._creating: dict[str, LockType] = {}
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class AvatarStore:
         """The avatar for these bytes and options, prepared at most once. -> (avatar, created)."""
         avatar_id = avatar_id_for(data, options)
         with self._lock:
-            creating = self._creating.setdefault(avatar_id, threading.Lock())
+            creating = self._creating.setdefault(avatar_id, native_lock())
         with creating:  # concurrent registrations of one file prepare it once
             avatar = self.get(avatar_id)
             created = avatar is None

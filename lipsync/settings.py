@@ -31,6 +31,8 @@ POSITIVE_INTS = (
     "max_concurrent",
     "workers",
     "threads",
+    "worker_connections",
+    "stream_buffer_chunks",
     "worker_timeout",
 )
 POSITIVE_NUMBERS = (
@@ -39,14 +41,17 @@ POSITIVE_NUMBERS = (
     "max_video_seconds",
     "avatar_cache_mb",
     "request_timeout_s",
+    "stream_reader_timeout_s",
 )
 NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
 # Fields whose value is one of a few names.
+WORKER_CLASSES = ("gevent", "gthread")
 CHOICES = {
     "default_format": FORMATS,
     "default_quality": QUALITY_MODES,
     "default_blend": BLEND_MODES,
     "log_level": LOG_LEVELS,
+    "worker_class": WORKER_CLASSES,
 }
 
 
@@ -84,6 +89,10 @@ class Settings:
     retry_after_s: int = 5
     # Longest a generation may run (the client gets 504 after it).
     request_timeout_s: float = 120.0
+    # A streamed reply whose client reads nothing for this long is stopped (its slot freed);
+    # at most this many encoded chunks (one per frame batch) wait for a slow reader.
+    stream_reader_timeout_s: float = 30.0
+    stream_buffer_chunks: int = 8
     # Optional API key (Authorization: Bearer <key> or X-API-Key) for all but /health/live.
     api_key: str = field(default="", repr=False)  # never printed
     # Browser origins allowed by CORS, comma-separated ("*" for any; empty: no CORS).
@@ -94,6 +103,10 @@ class Settings:
     host: str = field(default="0.0.0.0", metadata={"env": "HOST"})
     port: int = field(default=5001, metadata={"env": "PORT"})
     workers: int = 1
+    # gevent (default): connections are greenlets, generation runs on native threads, so
+    # slow or stalled clients cost nothing; gthread: a thread per connection.
+    worker_class: str = "gevent"
+    worker_connections: int = 1000
     threads: int = 4
     # gunicorn kills a worker silent this long; a stopping worker gets this long to finish;
     # idle keep-alive connections are kept this long (seconds).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
@@ -81,3 +83,17 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def native_lock() -> _thread.LockType:
+    """A lock of the OS threads, also in a gevent worker (where `threading.Lock` is a
+    greenlet lock): for state shared with the native threads that run inference."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original("_thread", "allocate_lock")()
+    return _thread.allocate_lock()
+
+
+def native_rlock() -> _thread.RLock:
+    """A re-entrant lock of the OS threads (gevent does not patch `_thread.RLock`)."""
+    return _thread.RLock()

@@ -102,3 +102,33 @@ def stop_server(server: LocalServer) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait()
+
+
+def stall_requests(url: str, count: int, body_bytes: int = 200_000) -> list[socket.socket]:
+    """`count` connections that each send a POST's headers and half its body, then stall
+    (a slow or stuck client). Close the returned sockets to let them go."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {body_bytes}\r\n\r\n"
+    ).encode()
+    stalled = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(head + b'{"image": "' + b"A" * (body_bytes // 2))
+        stalled.append(sock)
+    return stalled
+
+
+def worker_threads(pid: int) -> int:
+    """Native threads of a process (/proc/<pid>/status)."""
+    return int(_proc_status(pid)["Threads"])
+
+
+def worker_rss_kib(pid: int) -> int:
+    return int(_proc_status(pid)["VmRSS"].split()[0])
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)

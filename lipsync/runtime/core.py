@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import queue
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openvino as ov
+
+from lipsync.util import native_lock
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ class CompiledNetwork:
         self._preprocess = preprocess
         self._config = {"INFERENCE_PRECISION_HINT": precision, **(extra_config or {})}
         self._compiled: ov.CompiledModel | None = None
-        self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
+        # Native lock and a deque (atomic append/pop): inference runs on OS threads, also in
+        # a gevent worker, whose patched locks and queues belong to greenlets.
+        self._lock = native_lock()
+        self._requests: deque[ov.InferRequest] = deque()
         self.compile_seconds: float | None = None
 
     @property
@@ -140,12 +143,12 @@ class CompiledNetwork:
         """Take an infer request from the pool (made on demand); give it back with `release`."""
         compiled = self.compile()
         try:
-            return self._requests.get_nowait()
-        except queue.Empty:
+            return self._requests.pop()
+        except IndexError:
             return compiled.create_infer_request()
 
     def release(self, req: ov.InferRequest) -> None:
-        self._requests.put(req)
+        self._requests.append(req)
 
     @contextlib.contextmanager
     def request(self) -> Iterator[ov.InferRequest]:

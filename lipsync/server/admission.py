@@ -127,15 +127,35 @@ def peer_closed(sock: socket.socket | None) -> bool:
 
 
 class Deadline:
-    """A request's time limit and its client's connection, checked between batches."""
+    """A request's time limit and its client's connection, checked between batches.
+
+    `check` may run on another thread than the one owning the socket (a gevent worker
+    generates on a native thread): then the owner sets `watched` and calls `poll_peer`,
+    and `check` only reads the flags it sets.
+    """
 
     def __init__(self, seconds: float, sock: socket.socket | None = None) -> None:
         self.seconds = seconds
         self.expires = time.monotonic() + seconds
         self.sock = sock
+        self.watched = False
+        self.hung_up = False
+        self.cancelled = False
+
+    def poll_peer(self) -> bool:
+        """On the socket's owner: whether the client has hung up (remembered once seen)."""
+        if not self.hung_up and peer_closed(self.sock):
+            self.hung_up = True
+        return self.hung_up
+
+    def cancel(self) -> None:
+        """Make the next `check` stop the generation (the request itself was abandoned)."""
+        self.cancelled = True
 
     def check(self) -> None:
         if time.monotonic() > self.expires:
             raise DeadlineExceededError(f"generation exceeded the {self.seconds:g} s time limit")
-        if peer_closed(self.sock):
+        if self.cancelled:
+            raise DeadlineExceededError("generation cancelled: the request was abandoned")
+        if self.hung_up if self.watched else self.poll_peer():
             raise ClientDisconnectedError("client disconnected")

@@ -18,10 +18,12 @@ _settings = Settings.load()
 
 bind = _settings.bind
 workers = _settings.workers
-# Threads per worker: generations beyond LIPSYNC_MAX_CONCURRENT wait in a bounded queue, and
-# one thread stays free for health checks and metrics while the others generate.
+# gevent: every connection is a greenlet, so idle, slow or stalled clients cost no thread;
+# generation runs on native threads (lipsync/server/offload.py), bounded by admission.
+worker_class = _settings.worker_class
+worker_connections = _settings.worker_connections
+# Threads per worker for worker_class gthread only (each connection holds one).
 threads = _settings.threads
-worker_class = "gthread"
 # The arbiter kills a worker silent this long; generations are bounded well below it.
 timeout = _settings.worker_timeout
 graceful_timeout = _settings.graceful_timeout
@@ -71,6 +73,9 @@ def post_fork(server, worker):
     if MALLOPT is not None:
         for option, value in MALLOC_SETTINGS.items():
             MALLOPT(option, value)
+    from lipsync.server.offload import import_native_libraries
+
+    import_native_libraries()  # before the gevent worker patches threading
 
 
 def post_request(worker, req, environ, resp):

@@ -55,6 +55,11 @@ ACTIVE = Gauge("lipsync_active_generations", "Generations running", multiprocess
 REJECTED = Counter(
     "lipsync_rejected_requests_total", "Requests refused before or during generation", ["reason"]
 )
+STREAMS = Counter(
+    "lipsync_streams_total",
+    "Streamed replies by how they ended (completed, client_gone, failed)",
+    ["outcome"],
+)
 COMPILE_SECONDS = Gauge(
     "lipsync_model_compile_seconds",
     "Time to compile each model in a worker",

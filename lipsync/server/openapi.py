@@ -59,6 +59,7 @@ VIDEO_HEADERS = {
     "X-Height": ("integer", "encoded height (even)"),
     "X-Avatar-Id": ("string", "the avatar the video was made from"),
     "X-Silent-Frames": ("integer", "frames the silence gate kept as the avatar's own"),
+    "X-Codecs": ("string", "streamed replies: the codecs, e.g. `vp9,opus`, for MediaSource"),
     "X-Mime-Type": ("string", "`video/webm` or `video/mp4`"),
     "X-Timings-Ms": ("string", "stage timings in milliseconds, as a JSON object"),
 }

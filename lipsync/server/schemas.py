@@ -228,6 +228,18 @@ class GenerateRequest(RegisterAvatarRequest):
             ("json", "binary"), "`binary`: the video itself (as with a video `Accept`)", "json"
         ),
     ] = None
+    stream: Annotated[
+        bool | None,
+        *flag(
+            "`true`: the video itself, sent while it is generated (live WebM or fragmented "
+            "MP4, chunked), so playback starts after the first frames; its metadata in X-* "
+            "headers (`X-Codecs` for a MediaSource type). Errors found before the first byte "
+            "are JSON as usual; a failure after it ends the transfer without the chunked "
+            "terminator, so the client sees a truncated body with fewer frames than "
+            "`X-Num-Frames`.",
+            default=False,
+        ),
+    ] = None
 
     def _face_optional(self) -> bool:
         return self.avatar_id is not None

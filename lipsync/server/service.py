@@ -8,7 +8,6 @@ answer CORS preflights, count metrics and write one access-log line.
 from __future__ import annotations
 
 import hmac
-import threading
 import time
 
 from flask import Response, current_app, g, request
@@ -21,6 +20,7 @@ from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
 from lipsync.server.openapi import VIDEO_HEADERS
 from lipsync.settings import Settings
+from lipsync.util import native_rlock
 
 EXTENSION = "lipsync"
 PUBLIC_PATHS = frozenset({"/health/live"})
@@ -35,7 +35,7 @@ class Service:
         self.settings = settings
         self._engine = engine
         self._store: AvatarStore | None = None
-        self._lock = threading.RLock()
+        self._lock = native_rlock()  # also taken on the native threads that generate
         self.admission = AdmissionController(
             settings.max_concurrent,
             settings.max_queue,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import g, jsonify, request
 from flask_openapi3 import APIBlueprint
 
-from lipsync.avatars import Avatar
+from lipsync.avatars import Avatar, AvatarStore
 from lipsync.errors import NotFoundError
+from lipsync.options import RenderOptions
+from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import LIMITS, errors, ok, operation
 from lipsync.server.parsing import parse_request
 from lipsync.server.schemas import Avatar as AvatarModel
@@ -56,9 +58,14 @@ def register_avatar():
     req = parse_request(request, RegisterAvatarRequest)
     options = req.render_options(svc.settings)
     with svc.admission.slot():  # detection on a video is as costly as a generation
-        avatar, created = svc.store.get_or_create(req.face, options, persist=True)
+        avatar, created = run_in_thread(_register, svc.store, req.face, options)
     g.log_extra = {"avatar_id": avatar.avatar_id}
     return jsonify({**avatar.meta(), "created": created}), 201 if created else 200
+
+
+def _register(store: AvatarStore, face: bytes, options: RenderOptions) -> tuple[Avatar, bool]:
+    """Decode and detect on a native thread (see lipsync.server.offload)."""
+    return store.get_or_create(face, options, persist=True)
 
 
 @avatars.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, g, jsonify, request
@@ -13,14 +14,17 @@ from flask_openapi3 import APIBlueprint
 from lipsync import generation
 from lipsync.avatars import Avatar
 from lipsync.errors import InvalidFieldError
-from lipsync.media.encode_options import EncodeOptions
+from lipsync.media.encode_options import ContainerName, EncodeOptions
+from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
+from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import LIMITS, VIDEO_HEADERS, errors, ok, operation
 from lipsync.server.parsing import parse_request, response_mode
-from lipsync.server.routes.avatars import lookup_avatar
+from lipsync.server.routes.avatars import not_found
 from lipsync.server.schemas import GenerateRequest, GenerateResult
-from lipsync.server.service import service
+from lipsync.server.service import Service, service
+from lipsync.server.streaming import streamed_reply
 
 generate = APIBlueprint("generate", __name__)
 
@@ -28,7 +32,8 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 VIDEO_200 = ok(
     "The lip-synced video. JSON by default; the video file itself when `Accept` prefers "
     "`video/webm` / `video/mp4` (the container follows unless `format` is given) or "
-    "`response` is `binary`, with its metadata in `X-*` headers.",
+    "`response` is `binary`, with its metadata in `X-*` headers; with `stream: true` that file "
+    "is sent while it is generated (chunked, no `Content-Length`, no `X-Timings-Ms`).",
     content={
         "application/json": {"schema": {"$ref": "#/components/schemas/GenerateResult"}},
         "video/webm": BINARY,
@@ -61,28 +66,74 @@ def generate_video():
     binary, accepted_container = response_mode(request, req.response)
     fmt = req.format or accepted_container or settings.default_format
     options = req.render_options(settings)
-    speech = generation.decode_speech(req.audio, settings)
-    timings: dict[str, float] = {}
-    with svc.admission.slot():
+    speech = run_in_thread(generation.decode_speech, req.audio, settings)
+    if req.stream:
+        return streamed_reply(
+            svc,
+            lambda: open_stream(svc, req, options, fmt, speech, deadline.check),
+            deadline,
+        )
+    with svc.admission.slot():  # waited for on the greenlet: a queued request costs no thread
         deadline.check()
-        if req.avatar_id is not None:
-            avatar = lookup_avatar(req.avatar_id)
-            check_quality(req.quality, avatar)
-        else:
-            avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
-        if avatar.fps is not None:
-            options = dataclasses.replace(options, fps=avatar.fps)
-        result = generation.generate(
-            svc.engine,
-            avatar.prepared,
-            speech,
-            options,
-            EncodeOptions(container=fmt),
-            timings,
-            check=deadline.check,
+        avatar, result = run_in_thread(
+            render, svc, req, options, fmt, speech, deadline.check, watch=deadline
         )
     obs.observe_generation(result.timings_ms, result.video.num_frames)
     return answer(result, avatar.avatar_id, binary)
+
+
+def prepare(
+    svc: Service, req: GenerateRequest, options: RenderOptions, timings: dict[str, float]
+) -> tuple[Avatar, RenderOptions]:
+    """The avatar (registered, or decoded and detected now) and the options it implies."""
+    if req.avatar_id is not None:
+        avatar = svc.store.get(req.avatar_id)
+        if avatar is None:
+            raise not_found(req.avatar_id)
+        check_quality(req.quality, avatar)
+    else:
+        assert req.face is not None  # the request model requires a face without avatar_id
+        avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
+    if avatar.fps is not None:
+        options = dataclasses.replace(options, fps=avatar.fps)
+    return avatar, options
+
+
+def render(
+    svc: Service,
+    req: GenerateRequest,
+    options: RenderOptions,
+    fmt: ContainerName,
+    speech: generation.Speech,
+    check: Callable[[], None],
+) -> tuple[Avatar, generation.GenerationResult]:
+    """Detection (unless an avatar or box is given), inference, paste and encoding: the
+    CPU-bound part of a request, run on a native thread (no Flask context here)."""
+    timings: dict[str, float] = {}
+    avatar, options = prepare(svc, req, options, timings)
+    encode = EncodeOptions(container=fmt)
+    result = generation.generate(
+        svc.engine, avatar.prepared, speech, options, encode, timings, check=check
+    )
+    return avatar, result
+
+
+def open_stream(
+    svc: Service,
+    req: GenerateRequest,
+    options: RenderOptions,
+    fmt: ContainerName,
+    speech: generation.Speech,
+    check: Callable[[], None],
+) -> tuple[Avatar, generation.GenerationStream]:
+    """The avatar and its generation, checked and ready to stream (nothing generated yet)."""
+    timings: dict[str, float] = {}
+    avatar, options = prepare(svc, req, options, timings)
+    encode = EncodeOptions(container=fmt)
+    stream = generation.generate_stream(
+        svc.engine, avatar.prepared, speech, options, encode, timings, check=check
+    )
+    return avatar, stream
 
 
 def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:

@@ -1,0 +1,117 @@
+"""Streamed replies of `POST /api/generate` with `"stream": true`: the video is sent while
+it is generated.
+
+Everything a client can get wrong is checked before the first byte (fields, decoding, the
+face, limits, admission) and answered as usual with a JSON error. Then the answer is 200
+with the metadata known at the start in headers, and a body of live WebM or fragmented MP4
+chunks, one per frame batch, produced on a native thread (`offload.ThreadedStream`: a
+bounded buffer, so a slow reader holds at most `stream_buffer_chunks` chunks, and a reader
+that takes nothing for `stream_reader_timeout_s` gets its generation stopped and its slot
+freed). A failure after the first byte cannot become a JSON error: the body raises, so the
+server closes the connection without the chunked terminator, and the client sees a
+truncated transfer (and fewer frames than `X-Num-Frames`). It is logged with the request id
+and counted in `lipsync_streams_total{outcome="failed"}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from flask import Response, g
+
+from lipsync.avatars import Avatar
+from lipsync.generation import GenerationStream
+from lipsync.server import observability as obs
+from lipsync.server.admission import Deadline
+from lipsync.server.offload import ThreadedStream, run_in_thread
+from lipsync.server.service import Service
+
+logger = logging.getLogger(__name__)
+
+# Headers of a streamed reply besides the video metadata (no Content-Length: chunked).
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# Outcomes counted in lipsync_streams_total.
+COMPLETED, CLIENT_GONE, FAILED = "completed", "client_gone", "failed"
+
+OpenStream = Callable[[], tuple[Avatar, GenerationStream]]
+
+
+def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) -> Response:
+    """Take a generation slot, prepare the avatar and open the stream (errors: JSON, as
+    usual), then answer with the video as it is made. The slot is held by the stream and
+    freed when it ends, however it ends."""
+    slot = contextlib.ExitStack()
+    slot.enter_context(svc.admission.slot())
+    try:
+        deadline.check()
+        # The producer runs on another thread: a hang-up shows as a failed write here, the
+        # socket is never polled from there.
+        deadline.watched = True
+        avatar, stream = run_in_thread(open_stream)
+    except BaseException:
+        slot.close()
+        raise
+    chunks = ThreadedStream(
+        lambda: stream,
+        max_buffered=svc.settings.stream_buffer_chunks,
+        reader_timeout_s=svc.settings.stream_reader_timeout_s,
+        on_finish=slot.close,
+    )
+    headers = {**stream_metadata(stream, avatar.avatar_id), **STREAM_HEADERS}
+    body = _body(chunks, stream, g.get("request_id", ""), avatar.avatar_id)
+    return Response(body, mimetype=stream.mime_type, headers=headers, direct_passthrough=True)
+
+
+def stream_metadata(stream: GenerationStream, avatar_id: str) -> dict[str, str]:
+    """What is known before the first frame, as the binary answer's X-* headers."""
+    return {
+        "X-Mime-Type": stream.mime_type,
+        "X-Codecs": stream.codecs,
+        "X-Num-Frames": str(stream.num_frames),
+        "X-Duration": str(round(stream.duration, 3)),
+        "X-Fps": str(stream.fps),
+        "X-Width": str(stream.width),
+        "X-Height": str(stream.height),
+        "X-Avatar-Id": avatar_id,
+        "X-Silent-Frames": str(stream.silent_frames),
+    }
+
+
+def _body(
+    chunks: ThreadedStream[bytes], stream: GenerationStream, request_id: str, avatar_id: str
+) -> Iterator[bytes]:
+    """The chunks as they come; at the end one log line and the stream's outcome counted."""
+    outcome, sent = FAILED, 0
+    try:
+        for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+        outcome = COMPLETED
+    except GeneratorExit:  # the server stopped writing: the client has gone
+        outcome = CLIENT_GONE
+        raise
+    except Exception:
+        logger.exception("stream of request %s failed after the first byte", request_id)
+        raise  # never end normally: the truncated transfer is how the client learns of it
+    finally:
+        _finished(outcome, stream, request_id, avatar_id, sent)
+
+
+def _finished(
+    outcome: str, stream: GenerationStream, request_id: str, avatar_id: str, sent: int
+) -> None:
+    obs.STREAMS.labels(outcome).inc()
+    record: dict = {
+        "request_id": request_id,
+        "event": "stream_end",
+        "outcome": outcome,
+        "avatar_id": avatar_id,
+        "num_frames": stream.num_frames,
+        "response_bytes": sent,
+    }
+    if stream.result is not None:
+        obs.observe_generation(stream.result.timings_ms, stream.num_frames)
+        record["timings_ms"] = stream.result.timings_ms
+    obs.log_request(record)
