@@ -262,9 +262,16 @@ class ThreadedStream(Generic[T]):
                     if self._error is not None:
                         raise self._error
                     return None, True
-            self._ready.wait(1.0)
+            self._event.wait(1.0)
 
     # -- producer side ---------------------------------------------------------------------
+
+    @property
+    def _event(self) -> _HubEvent | _NativeEvent:
+        """What the reader waits on (made when iteration starts)."""
+        if self._ready is None:
+            raise RuntimeError("the stream has not started")
+        return self._ready
 
     def _start_producer(self) -> None:
         # made here, on the reader's greenlet: its watcher belongs to that loop
@@ -293,7 +300,7 @@ class ThreadedStream(Generic[T]):
                     logger.exception("closing an abandoned stream's producer failed")
             with self._lock:
                 self._done = True
-            self._ready.set()
+            self._event.set()
             if self._gevent:
                 self._finish_on_loop()
             else:
@@ -317,14 +324,17 @@ class ThreadedStream(Generic[T]):
                     )
                 logger.warning("stream abandoned: reader too slow")
                 return False
-        self._ready.set()
+        self._event.set()
         return True
 
     def _finish_on_loop(self) -> None:
         """Run `_finish` on the event loop (greenlet primitives, e.g. the slot, live there)."""
         import gevent
 
-        self._ready.hub.loop.run_callback_threadsafe(gevent.spawn, self._finish)
+        event = self._event
+        if not isinstance(event, _HubEvent):
+            raise RuntimeError("a gevent stream's reader event is a hub event")
+        event.hub.loop.run_callback_threadsafe(gevent.spawn, self._finish)
 
     def _finish(self) -> None:
         if self._finished:
