@@ -1,7 +1,7 @@
 """Slow clients: /health/live latency while N clients stall mid-body, and the time of one
 generation, for each gunicorn worker class (same run, same machine).
 
-    python bench/slow_clients.py [--models-dir DIR] [--stalled 64] [--speech 5.0]
+    python -m bench.slow_clients [--models-dir DIR] [--stalled 64] [--speech 5.0]
                                  [--runs 3] [--worker-classes gthread,gevent]
                                  [--out bench/results/slow_clients.json]
 
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import requests
-from load import FACE_BOX, ROOT, models_dir, speech_wav
 
+from bench.load import FACE_BOX, ROOT, models_dir, speech_wav
 from tools import local_server
 
 PROBE_TIMEOUT_S = 10.0
