@@ -276,6 +276,7 @@ class Wav2LipInferenceEngine:
         blend: str = "soft",
         weights: np.ndarray | None = None,
         first_batch: int | None = None,
+        first_frame: int = 0,
     ) -> Generator[np.ndarray, None, None]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size
         (or first_batch for the first).
@@ -286,6 +287,8 @@ class Wav2LipInferenceEngine:
         `compositing.gate_weights`); frames at 0 are the avatar's own, without inference.
         first_batch: size of the first batch (default batch_size); a small one lets a
         stream show its first frames sooner.
+        first_frame: the output index of the first window, when speech arrives in parts
+        (`lipsync.live`): a video avatar's frames continue where the last part stopped.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
@@ -304,7 +307,7 @@ class Wav2LipInferenceEngine:
             def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
                 return generator.start(mels, prepared.inputs[idx])
 
-        order = frame_order(len(mel_windows), prepared.num_frames)
+        order = frame_order(first_frame + len(mel_windows), prepared.num_frames)[first_frame:]
         if weights is None:
             weights = np.ones(len(order), np.float32)
         elif len(weights) != len(order):

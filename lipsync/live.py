@@ -1,0 +1,69 @@
+"""Lip-sync while the speech arrives: push PCM chunks, get each frame as soon as the audio
+its mel window needs is in.
+
+The offline path and this one are one implementation: the mel windows come from
+`lipsync.audio_stream.SpeechStream` (the offline features computed incrementally, equal to
+them) and the frames from the engine's `iter_frames`, told where in the output each part
+starts. So the frames of a whole speech pushed in any chunking equal those of the offline
+path for the same speech (tests/test_live.py), and a frame leaves 212.5 ms of audio after
+its start at 25 fps (the window's 0.2 s plus half an STFT window), plus the resampler's
+delay for input that is not 16 kHz.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inference_engine import Wav2LipInferenceEngine
+from lipsync.audio_stream import SpeechStream
+from lipsync.errors import AudioError, ErrorCode
+from lipsync.faces import PreparedFace
+from lipsync.options import RenderOptions
+
+
+class LiveLipSync:
+    """One speaker's speech, arriving in chunks, turned into frames of one prepared face.
+
+    `push(samples)`: (n,) float32 mono at `sample_rate` -> (k, H, W, 3) uint8 BGR, the
+    frames whose audio became complete (k >= 0, in order, each once). `finish()` -> the
+    rest, the tail done exactly as the offline path does it (AudioError
+    `audio_too_short` when the whole speech is shorter than the mel spectrogram needs).
+    The silence gate is not applied here (it needs the clip's future to fade in).
+    """
+
+    def __init__(
+        self,
+        engine: Wav2LipInferenceEngine,
+        prepared: PreparedFace,
+        options: RenderOptions,
+        sample_rate: int,
+    ) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self._options = options
+        self._speech = SpeechStream(options.fps, sample_rate)
+        self.num_frames = 0  # frames returned so far
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        return self._render(self._speech.push(samples))
+
+    def finish(self) -> np.ndarray:
+        try:
+            windows = self._speech.finish()
+        except ValueError as exc:
+            raise AudioError(str(exc), code=ErrorCode.AUDIO_TOO_SHORT, field="audio") from exc
+        return self._render(windows)
+
+    def _render(self, windows: np.ndarray) -> np.ndarray:
+        """Frames for `windows`, the next ones of the output."""
+        first, self.num_frames = self.num_frames, self.num_frames + len(windows)
+        if not len(windows):
+            return np.zeros((0, *self._prepared.frames.shape[1:]), np.uint8)
+        batches = self._engine.iter_frames(
+            self._prepared,
+            windows,
+            self._options.model,
+            blend=self._options.blend,
+            first_frame=first,
+        )
+        return np.concatenate(list(batches))
