@@ -51,18 +51,6 @@ STATUS_TEXT = {
     503: "Service unavailable",
     504: "Generation timed out",
 }
-VIDEO_HEADERS = {
-    "X-Num-Frames": ("integer", "frames in the video"),
-    "X-Duration": ("number", "seconds"),
-    "X-Fps": ("number", "frame rate"),
-    "X-Width": ("integer", "encoded width (even)"),
-    "X-Height": ("integer", "encoded height (even)"),
-    "X-Avatar-Id": ("string", "the avatar the video was made from"),
-    "X-Silent-Frames": ("integer", "frames the silence gate kept as the avatar's own"),
-    "X-Codecs": ("string", "streamed replies: the codecs, e.g. `vp9,opus`, for MediaSource"),
-    "X-Mime-Type": ("string", "`video/webm` or `video/mp4`"),
-    "X-Timings-Ms": ("string", "stage timings in milliseconds, as a JSON object"),
-}
 
 
 def ref(name: str, kind: str = "schemas") -> dict[str, str]:
@@ -259,11 +247,25 @@ def headers() -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 0},
         },
     }
-    for name, (kind, meaning) in VIDEO_HEADERS.items():
-        out[name] = {
-            "description": f"Binary responses only: {meaning}.",
+    return {**out, **video_headers()}
+
+
+def video_headers() -> dict[str, Any]:
+    """The binary answer's X-* headers: one per `VideoMeta` field, then the stream's own."""
+    properties = schemas.VideoMeta.model_json_schema()["properties"]
+    out = {}
+    for field, schema in properties.items():
+        kind = schema.get("type") if schema.get("type") in ("integer", "number") else "string"
+        out[schemas.header_name(field)] = {
+            "description": f"Binary responses only: {schema['description']}.",
             "required": False,
             "schema": {"type": kind},
+        }
+    for name, meaning in schemas.STREAM_HEADERS.items():
+        out[name] = {
+            "description": f"Streamed responses only: {meaning}.",
+            "required": False,
+            "schema": {"type": "string"},
         }
     return out
 

@@ -287,13 +287,18 @@ class Error(BaseModel):
 
 
 class VideoMeta(BaseModel):
-    mime_type: Literal["video/webm", "video/mp4"]
+    """A video's metadata: in the JSON answer, and as `X-<Field-Name>` headers of a binary or
+    streamed one (`X-Timings-Ms` as JSON text, and only when the whole file was made)."""
+
+    mime_type: Literal["video/webm", "video/mp4"] = Field(description="the container")
     num_frames: int = Field(ge=1, description="ceil(speech seconds × fps)")
     duration: float = Field(ge=0, description="seconds")
-    fps: float = Field(ge=1, le=MAX_FPS_DOC)
+    fps: float = Field(ge=1, le=MAX_FPS_DOC, description="frame rate")
     width: int = Field(ge=1, description="encoded width (even)")
     height: int = Field(ge=1, description="encoded height (even)")
-    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
+    avatar_id: str = Field(
+        pattern=AVATAR_ID_REGEX, description="the avatar the video was made from"
+    )
     silent_frames: int = Field(
         ge=0, description="frames the silence gate showed as the avatar's own (no inference)"
     )
@@ -301,6 +306,16 @@ class VideoMeta(BaseModel):
         description="milliseconds per stage (decode_face, resize, detect, mel, gate, infer, "
         "paste, encode; absent stages were skipped, e.g. detect for a known avatar)"
     )
+
+
+def header_name(field: str) -> str:
+    """The header carrying a `VideoMeta` field: "num_frames" -> "X-Num-Frames"."""
+    return "X-" + field.title().replace("_", "-")
+
+
+# Sent with a streamed reply only: what a browser MediaSource needs besides the MIME type.
+STREAM_HEADERS = {"X-Codecs": "the codecs, e.g. `vp9,opus` or `avc1.64001f,mp4a.40.2`"}
+VIDEO_HEADER_NAMES = (*(header_name(f) for f in VideoMeta.model_fields), *STREAM_HEADERS)
 
 
 class GenerateResult(VideoMeta):

@@ -18,14 +18,14 @@ from lipsync.avatars import AvatarStore
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
-from lipsync.server.openapi import VIDEO_HEADERS
+from lipsync.server.schemas import VIDEO_HEADER_NAMES
 from lipsync.settings import Settings
 from lipsync.util import native_rlock
 
 EXTENSION = "lipsync"
 PUBLIC_PATHS = frozenset({"/health/live"})
 CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-API-Key, X-Request-ID, Accept"
-CORS_EXPOSE_HEADERS = ", ".join([obs.REQUEST_ID_HEADER, *VIDEO_HEADERS, "Retry-After"])
+CORS_EXPOSE_HEADERS = ", ".join([obs.REQUEST_ID_HEADER, *VIDEO_HEADER_NAMES, "Retry-After"])
 
 
 class Service:

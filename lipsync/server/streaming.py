@@ -26,6 +26,7 @@ from lipsync.generation import GenerationStream
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
 from lipsync.server.offload import ThreadedStream, run_in_thread
+from lipsync.server.schemas import header_name
 from lipsync.server.service import Service
 
 logger = logging.getLogger(__name__)
@@ -66,17 +67,17 @@ def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) ->
 
 def stream_metadata(stream: GenerationStream, avatar_id: str) -> dict[str, str]:
     """What is known before the first frame, as the binary answer's X-* headers."""
-    return {
-        "X-Mime-Type": stream.mime_type,
-        "X-Codecs": stream.codecs,
-        "X-Num-Frames": str(stream.num_frames),
-        "X-Duration": str(round(stream.duration, 3)),
-        "X-Fps": str(stream.fps),
-        "X-Width": str(stream.width),
-        "X-Height": str(stream.height),
-        "X-Avatar-Id": avatar_id,
-        "X-Silent-Frames": str(stream.silent_frames),
+    known = {
+        "mime_type": stream.mime_type,
+        "num_frames": stream.num_frames,
+        "duration": round(stream.duration, 3),
+        "fps": stream.fps,
+        "width": stream.width,
+        "height": stream.height,
+        "avatar_id": avatar_id,
+        "silent_frames": stream.silent_frames,
     }
+    return {"X-Codecs": stream.codecs, **{header_name(k): str(v) for k, v in known.items()}}
 
 
 def _body(

@@ -19,10 +19,15 @@ from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
 from lipsync.server.offload import run_in_thread
-from lipsync.server.openapi import LIMITS, VIDEO_HEADERS, errors, ok, operation
+from lipsync.server.openapi import LIMITS, errors, ok, operation
 from lipsync.server.parsing import parse_request, response_mode
 from lipsync.server.routes.avatars import not_found
-from lipsync.server.schemas import GenerateRequest, GenerateResult
+from lipsync.server.schemas import (
+    VIDEO_HEADER_NAMES,
+    GenerateRequest,
+    GenerateResult,
+    header_name,
+)
 from lipsync.server.service import Service, service
 from lipsync.server.streaming import streamed_reply
 
@@ -39,7 +44,7 @@ VIDEO_200 = ok(
         "video/webm": BINARY,
         "video/mp4": BINARY,
     },
-    headers=tuple(VIDEO_HEADERS),
+    headers=VIDEO_HEADER_NAMES,
 )
 
 
@@ -155,9 +160,7 @@ def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) ->
         "timings_ms": result.timings_ms,
     }
     if binary:
-        headers = {
-            f"X-{key.title().replace('_', '-')}": _header(value) for key, value in meta.items()
-        }
+        headers = {header_name(key): _header(value) for key, value in meta.items()}
         return Response(result.video.data, mimetype=result.video.mime_type, headers=headers)
     video = base64.b64encode(result.video.data).decode("ascii")
     return jsonify(GenerateResult(success=True, video=video, **meta).model_dump())
