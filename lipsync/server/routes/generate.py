@@ -6,7 +6,7 @@ import base64
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Response, g, jsonify, request
 from flask_openapi3 import APIBlueprint
@@ -32,6 +32,7 @@ from lipsync.server.service import Service, service
 from lipsync.server.streaming import streamed_reply
 
 generate = APIBlueprint("generate", __name__)
+R = TypeVar("R")
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 VIDEO_200 = ok(
@@ -75,13 +76,23 @@ def generate_video():
     if req.stream:
         return streamed_reply(
             svc,
-            lambda: open_stream(svc, req, options, fmt, speech, deadline.check),
+            lambda: produce(
+                generation.generate_stream, svc, req, options, fmt, speech, deadline.check
+            ),
             deadline,
         )
     with svc.admission.slot():  # waited for on the greenlet: a queued request costs no thread
         deadline.check()
         avatar, result = run_in_thread(
-            render, svc, req, options, fmt, speech, deadline.check, watch=deadline
+            produce,
+            generation.generate,
+            svc,
+            req,
+            options,
+            fmt,
+            speech,
+            deadline.check,
+            watch=deadline,
         )
     obs.observe_generation(result.timings_ms, result.video.num_frames)
     return answer(result, avatar.avatar_id, binary)
@@ -104,41 +115,22 @@ def prepare(
     return avatar, options
 
 
-def render(
+def produce(
+    make: Callable[..., R],
     svc: Service,
     req: GenerateRequest,
     options: RenderOptions,
     fmt: ContainerName,
     speech: generation.Speech,
     check: Callable[[], None],
-) -> tuple[Avatar, generation.GenerationResult]:
-    """Detection (unless an avatar or box is given), inference, paste and encoding: the
-    CPU-bound part of a request, run on a native thread (no Flask context here)."""
+) -> tuple[Avatar, R]:
+    """The avatar (detection unless registered or boxed) and `make(...)` of its generation:
+    `generation.generate` (the whole file) or `generation.generate_stream` (checked and
+    ready, nothing generated yet). Runs on a native thread: no Flask context here."""
     timings: dict[str, float] = {}
     avatar, options = prepare(svc, req, options, timings)
     encode = EncodeOptions(container=fmt)
-    result = generation.generate(
-        svc.engine, avatar.prepared, speech, options, encode, timings, check=check
-    )
-    return avatar, result
-
-
-def open_stream(
-    svc: Service,
-    req: GenerateRequest,
-    options: RenderOptions,
-    fmt: ContainerName,
-    speech: generation.Speech,
-    check: Callable[[], None],
-) -> tuple[Avatar, generation.GenerationStream]:
-    """The avatar and its generation, checked and ready to stream (nothing generated yet)."""
-    timings: dict[str, float] = {}
-    avatar, options = prepare(svc, req, options, timings)
-    encode = EncodeOptions(container=fmt)
-    stream = generation.generate_stream(
-        svc.engine, avatar.prepared, speech, options, encode, timings, check=check
-    )
-    return avatar, stream
+    return avatar, make(svc.engine, avatar.prepared, speech, options, encode, timings, check=check)
 
 
 def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:
