@@ -115,3 +115,46 @@ def test_the_openapi_document_describes_streamed_replies(client):
     answer = spec["paths"]["/api/generate"]["post"]["responses"]["200"]
     assert "stream" in answer["description"] and "video/webm" in answer["content"]
     assert "X-Codecs" in answer["headers"]
+
+
+@pytest.fixture
+def impatient_client(untrained_models):
+    """One slot and a short queue: a leaked slot shows as 503 on the next request (a freed
+    one lets it run once the stopped generation has finished its batch)."""
+    from app import create_app
+
+    app = create_app(
+        {
+            "models_dir": untrained_models,
+            "cache_dir": None,
+            "avatar_dir": None,
+            "max_queue": 1,
+            "max_queue_wait_s": 15,
+        }
+    )
+    return app.test_client()
+
+
+def test_a_failure_before_the_first_byte_is_a_json_error(impatient_client, monkeypatch):
+    from inference_engine import Wav2LipInferenceEngine
+
+    def fails_at_once(self, *args, **kwargs):
+        raise RuntimeError("injected failure before any frame")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(Wav2LipInferenceEngine, "iter_frames", fails_at_once)
+    response = impatient_client.post("/api/generate", json=payload(stream=True))
+    assert_error(response, 500, "internal_error")
+    monkeypatch.undo()
+    again = impatient_client.post("/api/generate", json=payload(stream=True))
+    assert again.status_code == 200  # the slot was released
+    assert again.data
+
+
+def test_a_body_never_sent_still_frees_the_slot(impatient_client):
+    response = impatient_client.post("/api/generate", json=payload(stream=True), buffered=False)
+    assert response.status_code == 200
+    response.close()  # the server gives up on the body without reading it
+    again = impatient_client.post("/api/generate", json=payload(stream=True))
+    assert again.status_code == 200
+    assert decode(again.data)["frames"]

@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
 from lipsync.errors import ErrorCode, LipSyncError
@@ -224,7 +224,7 @@ class ThreadedStream(Generic[T]):
         """True once the reader is gone (closed, or too slow): the producer should stop."""
         return self._abandoned
 
-    def __iter__(self) -> Iterator[T]:
+    def __iter__(self) -> Generator[T, None, None]:
         if self._started:
             raise RuntimeError("a ThreadedStream is iterated once")
         self._started = True

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from flask import Response, g
 
@@ -40,28 +40,33 @@ OpenStream = Callable[[], tuple[Avatar, GenerationStream]]
 
 
 def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) -> Response:
-    """Take a generation slot, prepare the avatar and open the stream (errors: JSON, as
-    usual), then answer with the video as it is made. The slot is held by the stream and
-    freed when it ends, however it ends."""
+    """Take a generation slot, prepare the avatar, open the stream and wait for its first
+    chunk: every error up to there is a JSON answer as usual. Then answer with the video as
+    it is made. The slot is held by the generation and freed when it stops, however it
+    stops (completed, failed, client gone, reader too slow, body never sent)."""
     slot = contextlib.ExitStack()
     slot.enter_context(svc.admission.slot())
     try:
         deadline.check()
-        # The producer runs on another thread: a hang-up shows as a failed write here, the
-        # socket is never polled from there.
-        deadline.watched = True
-        avatar, stream = run_in_thread(open_stream)
+        avatar, stream = run_in_thread(open_stream, watch=deadline)
     except BaseException:
         slot.close()
         raise
+    slot.callback(stream.close)  # also when the body is never iterated
     chunks = ThreadedStream(
         lambda: stream,
         max_buffered=svc.settings.stream_buffer_chunks,
         reader_timeout_s=svc.settings.stream_reader_timeout_s,
         on_finish=slot.close,
     )
+    rest = iter(chunks)
+    try:
+        first = next(rest)  # the header and the first frames, or the error before any byte
+    except BaseException:
+        rest.close()
+        raise
+    body = StreamBody(first, rest, chunks, stream, g.get("request_id", ""), avatar.avatar_id)
     headers = {**stream_metadata(stream, avatar.avatar_id), **STREAM_HEADERS}
-    body = _body(chunks, stream, g.get("request_id", ""), avatar.avatar_id)
     return Response(body, mimetype=stream.mime_type, headers=headers, direct_passthrough=True)
 
 
@@ -80,24 +85,47 @@ def stream_metadata(stream: GenerationStream, avatar_id: str) -> dict[str, str]:
     return {"X-Codecs": stream.codecs, **{header_name(k): str(v) for k, v in known.items()}}
 
 
-def _body(
-    chunks: ThreadedStream[bytes], stream: GenerationStream, request_id: str, avatar_id: str
-) -> Iterator[bytes]:
-    """The chunks as they come; at the end one log line and the stream's outcome counted."""
-    outcome, sent = FAILED, 0
-    try:
-        for chunk in chunks:
-            sent += len(chunk)
-            yield chunk
-        outcome = COMPLETED
-    except GeneratorExit:  # the server stopped writing: the client has gone
-        outcome = CLIENT_GONE
-        raise
-    except Exception:
-        logger.exception("stream of request %s failed after the first byte", request_id)
-        raise  # never end normally: the truncated transfer is how the client learns of it
-    finally:
-        _finished(outcome, stream, request_id, avatar_id, sent)
+class StreamBody:
+    """The response body: the first chunk, then the rest as they come. `close()` (the server
+    calls it when the client has gone, or whenever it is done) always stops the generation.
+    At the end, one log line and the outcome counted."""
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: Generator[bytes, None, None],
+        chunks: ThreadedStream[bytes],
+        stream: GenerationStream,
+        request_id: str,
+        avatar_id: str,
+    ) -> None:
+        self._first, self._rest, self._chunks = first, rest, chunks
+        self._stream, self._request_id, self._avatar_id = stream, request_id, avatar_id
+        self._sent = 0
+        self._outcome: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            self._sent += len(self._first)
+            yield self._first
+            for chunk in self._rest:
+                self._sent += len(chunk)
+                yield chunk
+        except Exception:
+            logger.exception("stream of request %s failed after the first byte", self._request_id)
+            self._end(FAILED)
+            raise  # never end normally: the truncated transfer is how the client learns of it
+        self._end(COMPLETED)
+
+    def close(self) -> None:
+        self._rest.close()
+        self._chunks.close()
+        self._end(CLIENT_GONE)  # nothing when the stream already ended
+
+    def _end(self, outcome: str) -> None:
+        if self._outcome is None:
+            self._outcome = outcome
+            _finished(outcome, self._stream, self._request_id, self._avatar_id, self._sent)
 
 
 def _finished(
