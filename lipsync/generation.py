@@ -18,6 +18,7 @@ from inference_engine import Wav2LipInferenceEngine
 from lipsync import compositing
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.faces import PreparedFace
+from lipsync.media.audio_probe import declared_duration
 from lipsync.media.encode import EncodedVideo, VideoEncoder
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image
@@ -61,7 +62,11 @@ class GenerationResult:
 
 
 def decode_speech(data: bytes, settings: Settings) -> Speech:
-    """Decode and check speech against the configured limits (AudioError otherwise)."""
+    """Decode and check speech against the configured limits (AudioError otherwise). The
+    duration a file declares is checked before decoding it, the decoded one after."""
+    declared = declared_duration(data)
+    if declared is not None:
+        _check_duration(declared, settings)
     try:
         track, rate = audio.read_audio(data)
     except ValueError as exc:
@@ -75,14 +80,17 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
             code=ErrorCode.UNSUPPORTED_SAMPLE_RATE,
             field="audio",
         )
-    duration = len(track) / rate
-    if duration > settings.max_audio_seconds:
+    _check_duration(len(track) / rate, settings)
+    return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
+
+
+def _check_duration(seconds: float, settings: Settings) -> None:
+    if seconds > settings.max_audio_seconds:
         raise AudioError(
-            f"audio is {duration:.1f} s long; the maximum is {settings.max_audio_seconds:g} s",
+            f"audio is {seconds:.1f} s long; the maximum is {settings.max_audio_seconds:g} s",
             code=ErrorCode.AUDIO_TOO_LONG,
             field="audio",
         )
-    return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
 
 
 def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | None]:

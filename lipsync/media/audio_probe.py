@@ -1,0 +1,43 @@
+"""How long an uploaded speech file says it is, read from its header without decoding it.
+
+A few kilobytes of compressed silence can decode to minutes of samples: the service checks
+the declared duration against its limit before decoding (the decoded length is checked
+again afterwards, for files whose header says nothing or lies).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import av
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+
+def declared_duration(data: bytes) -> float | None:
+    """Seconds of audio the file's header declares, or None when it does not say (or the
+    data is not audio: decoding will tell)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.samplerate > 0 and info.frames > 0:
+            return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        pass
+    return _container_duration(data)
+
+
+def _container_duration(data: bytes) -> float | None:
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        logger.debug("no declared duration: %s", exc)
+    return None
