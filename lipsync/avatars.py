@@ -146,6 +146,20 @@ class AvatarStore:
             self._remember(avatar)
         return avatar
 
+    def meta(self, avatar_id: str) -> dict | None:
+        """An avatar's metadata from memory or its meta.json, without loading its frames."""
+        check_avatar_id(avatar_id)
+        with self._lock:
+            avatar = self._memory.get(avatar_id)
+        if avatar is not None:
+            return avatar.meta()
+        if not self.directory:
+            return None
+        try:
+            return _read_meta(self.directory / avatar_id / META_FILE)
+        except FileNotFoundError:
+            return None
+
     def get_or_create(
         self,
         data: bytes,
@@ -189,7 +203,7 @@ class AvatarStore:
         if self.directory:
             for meta_path in self.directory.glob(f"*/{META_FILE}"):
                 if AVATAR_ID_PATTERN.fullmatch(meta_path.parent.name):
-                    metas.setdefault(meta_path.parent.name, json.loads(meta_path.read_text()))
+                    metas.setdefault(meta_path.parent.name, _read_meta(meta_path))
         return sorted(metas.values(), key=lambda m: m["created_at"], reverse=True)
 
     def delete(self, avatar_id: str) -> bool:
@@ -262,3 +276,8 @@ class AvatarStore:
             created=meta["created_at"],
             quality=quality,
         )
+
+
+def _read_meta(path: Path) -> dict:
+    """A stored avatar's meta.json (those stored before quality modes were 'original')."""
+    return {"quality": STORED_QUALITY_BEFORE_MODES, **json.loads(path.read_text())}

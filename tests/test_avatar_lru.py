@@ -86,3 +86,20 @@ def test_an_evicted_avatar_is_prepared_again_on_request(store):
     ids = [add(store, seed) for seed in range(4)]
     again, created = store.get_or_create(image_bytes(0), RenderOptions(), persist=False)
     assert created and again.avatar_id == ids[0]
+
+
+def test_metadata_of_a_stored_avatar_is_read_without_decoding_it(tmp_path):
+    decoded = []
+
+    def counting_decode(data: bytes):
+        decoded.append(len(data))
+        return decode(data)
+
+    first = AvatarStore(tmp_path, 1 << 30, counting_decode, prepare)
+    avatar, _ = first.get_or_create(image_bytes(5), RenderOptions(), persist=True)
+    restarted = AvatarStore(tmp_path, 1 << 30, counting_decode, prepare)  # a new worker
+    decoded.clear()
+    meta = restarted.meta(avatar.avatar_id)
+    assert meta == avatar.meta()
+    assert decoded == []  # no frames were loaded for metadata
+    assert restarted.meta("0" * 32) is None

@@ -24,14 +24,6 @@ from lipsync.server.service import service
 avatars = APIBlueprint("avatars", __name__)
 
 
-def lookup_avatar(avatar_id: str) -> Avatar:
-    """The stored avatar; NotFoundError (404) for an unknown id."""
-    avatar = service().store.get(avatar_id)
-    if avatar is None:
-        raise not_found(avatar_id)
-    return avatar
-
-
 def not_found(avatar_id: str) -> NotFoundError:
     return NotFoundError(f"avatar {avatar_id} not found", field="avatar_id")
 
@@ -83,7 +75,10 @@ def list_avatars():
     responses={"200": ok("The avatar.", AvatarModel), **errors(400, 404, 500)},
 )
 def get_avatar(path: AvatarPath):
-    return jsonify(lookup_avatar(path.avatar_id).meta())
+    meta = service().store.meta(path.avatar_id)  # metadata only: no frames decoded
+    if meta is None:
+        raise not_found(path.avatar_id)
+    return jsonify(meta)
 
 
 @avatars.delete(
