@@ -156,6 +156,10 @@ def generate(args: argparse.Namespace) -> int:
         raise UserError(getattr(exc, "message", str(exc))) from None
     except FileNotFoundError as exc:  # a model not installed
         return _fail(f"{exc} (convert the models: lipsync convert --help)", EXIT_FAILURE)
+    except OSError as exc:  # an input that exists but cannot be read
+        return _fail(
+            f"cannot read {exc.filename or 'an input'}: {exc.strerror or exc}", EXIT_FAILURE
+        )
     try:
         write_atomically(args.output, data)
     except OSError as exc:

@@ -28,7 +28,8 @@ class LiveLipSync:
     frames whose audio became complete (k >= 0, in order, each once). `finish()` -> the
     rest, the tail done exactly as the offline path does it (AudioError
     `audio_too_short` when the whole speech is shorter than the mel spectrogram needs).
-    The silence gate is not applied here (it needs the clip's future to fade in).
+    The frame rate is `options.fps` (for a video avatar, pass its own rate). The silence
+    gate is not applied here (it needs the clip's future to fade in).
     """
 
     def __init__(
@@ -56,7 +57,6 @@ class LiveLipSync:
 
     def _render(self, windows: np.ndarray) -> np.ndarray:
         """Frames for `windows`, the next ones of the output."""
-        first, self.num_frames = self.num_frames, self.num_frames + len(windows)
         if not len(windows):
             return np.zeros((0, *self._prepared.frames.shape[1:]), np.uint8)
         batches = self._engine.iter_frames(
@@ -64,6 +64,8 @@ class LiveLipSync:
             windows,
             self._options.model,
             blend=self._options.blend,
-            first_frame=first,
+            first_frame=self.num_frames,
         )
-        return np.concatenate(list(batches))
+        frames = np.concatenate(list(batches))
+        self.num_frames += len(frames)
+        return frames

@@ -143,6 +143,21 @@ def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, speech, tmp_path,
     assert not list(tmp_path.iterdir())
 
 
+def test_an_unreadable_input_is_one_line_and_exit_1(capsys, monkeypatch, speech, tmp_path):
+    real = Path.read_bytes
+
+    def refuses_the_speech(path: Path) -> bytes:
+        if path == Path(speech):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuses_the_speech)
+    status, stderr = run_in_process(
+        capsys, monkeypatch, "generate", FACE, speech, "-o", tmp_path / "a.webm"
+    )
+    assert_one_line_error(status, stderr, 1, "cannot read", "Permission denied")
+
+
 def test_invalid_setting_is_one_line_and_exit_2(capsys, monkeypatch, speech, tmp_path):
     monkeypatch.setenv("LIPSYNC_BATCH_SIZE", "many")
     status, stderr = run_in_process(

@@ -84,9 +84,22 @@ def post_request(worker, req, environ, resp):
         MALLOC_TRIM(0)
 
 
+# Native threads a gevent worker keeps for CPU work beyond its generation slots and queue
+# (audio decoding of requests not yet admitted, avatar lookups).
+SPARE_NATIVE_THREADS = 8
+
+
 def post_worker_init(worker):
-    """Compile the installed models before this worker takes requests."""
+    """Size the native thread pool, then compile the installed models before this worker
+    takes requests."""
     from app import warm_up
+
+    if _settings.worker_class == "gevent":
+        import gevent
+
+        gevent.get_hub().threadpool.maxsize = (
+            _settings.max_concurrent + _settings.max_queue + SPARE_NATIVE_THREADS
+        )
 
     try:
         warm_up(worker.wsgi)

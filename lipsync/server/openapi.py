@@ -337,9 +337,15 @@ def finish(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
             if method in methods:
                 finish_operation(op, settings)
     doc["components"] = components()
-    fmt = doc["components"]["schemas"]
+    schemas_ = doc["components"]["schemas"]
+    server_defaults = {
+        "format": settings.default_format,
+        "quality": settings.default_quality,
+        "blend": settings.default_blend,
+    }
     for name in ("GenerateRequest", "RegisterAvatarRequest"):
-        fmt[name]["properties"]["format"]["default"] = settings.default_format
+        for field, default in server_defaults.items():
+            schemas_[name]["properties"][field]["default"] = default
     doc["info"] = {
         "title": TITLE,
         "version": API_VERSION,

@@ -231,8 +231,9 @@ class GenerateRequest(RegisterAvatarRequest):
     stream: Annotated[
         bool | None,
         *flag(
-            "`true`: the video itself, sent while it is generated (live WebM or fragmented "
-            "MP4, chunked), so playback starts after the first frames; its metadata in X-* "
+            "`true`: the video itself (whatever `response` and `Accept` say), sent while it is "
+            "generated (live WebM or fragmented MP4, chunked), so playback starts after the "
+            "first frames; its metadata in X-* "
             "headers (`X-Codecs` for a MediaSource type). Errors found before the first byte "
             "are JSON as usual; a failure after it ends the transfer without the chunked "
             "terminator, so the client sees a truncated body with fewer frames than "
