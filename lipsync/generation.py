@@ -18,7 +18,7 @@ from inference_engine import Wav2LipInferenceEngine
 from lipsync import compositing
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.faces import PreparedFace
-from lipsync.media.audio_probe import declared_duration
+from lipsync.media.audio_probe import declared_audio
 from lipsync.media.encode import EncodedVideo, VideoEncoder
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image
@@ -63,17 +63,18 @@ class GenerationResult:
 
 def decode_speech(data: bytes, settings: Settings) -> Speech:
     """Decode and check speech against the configured limits (AudioError otherwise). The
-    duration a file declares is checked before decoding it, the decoded one after."""
-    declared = declared_duration(data)
-    if declared is not None:
-        _check_duration(declared, settings)
+    duration a file declares (at an accepted sample rate: other rates get their own error
+    from decoding) is checked before decoding it, the decoded one after."""
+    declared = declared_audio(data)
+    if declared is not None and _accepted_rate(declared[1], settings):
+        _check_duration(declared[0], settings)
     try:
         track, rate = audio.read_audio(data)
     except ValueError as exc:
         raise AudioError(
             f"audio could not be decoded: {exc}", code=ErrorCode.UNSUPPORTED_AUDIO, field="audio"
         ) from exc
-    if not settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate:
+    if not _accepted_rate(rate, settings):
         raise AudioError(
             f"audio sample rate {rate} Hz is outside {settings.min_audio_sample_rate}.."
             f"{settings.max_audio_sample_rate} Hz",
@@ -82,6 +83,10 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
         )
     _check_duration(len(track) / rate, settings)
     return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
+
+
+def _accepted_rate(rate: int, settings: Settings) -> bool:
+    return settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate
 
 
 def _check_duration(seconds: float, settings: Settings) -> None:

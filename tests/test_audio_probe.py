@@ -13,7 +13,7 @@ import soundfile as sf
 
 from lipsync import generation
 from lipsync.errors import AudioError, ErrorCode
-from lipsync.media.audio_probe import declared_duration
+from lipsync.media.audio_probe import declared_audio
 from lipsync.settings import Settings
 
 
@@ -39,15 +39,17 @@ def opus_webm(seconds: float) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
 def test_soundfile_formats_declare_their_length(fmt):
-    assert declared_duration(soundfile_bytes(2.5, 16000, fmt)) == pytest.approx(2.5, abs=0.01)
+    seconds, rate = declared_audio(soundfile_bytes(2.5, 16000, fmt))
+    assert (seconds, rate) == (pytest.approx(2.5, abs=0.01), 16000)
 
 
 def test_container_formats_declare_their_length():
-    assert declared_duration(opus_webm(1.5)) == pytest.approx(1.5, abs=0.05)
+    seconds, rate = declared_audio(opus_webm(1.5))
+    assert (seconds, rate) == (pytest.approx(1.5, abs=0.05), 48000)
 
 
 def test_what_is_not_audio_declares_nothing():
-    assert declared_duration(b"not audio at all") is None
+    assert declared_audio(b"not audio at all") is None
 
 
 def test_a_long_compressed_file_is_refused_before_decoding():
