@@ -15,9 +15,12 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Flask, current_app, jsonify, request
+from flask_openapi3 import APIBlueprint
 from flask_sock import Sock
 
 from lipsync.errors import ForbiddenOriginError, LipSyncError
@@ -25,6 +28,7 @@ from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import OverloadedError
 from lipsync.server.offload import run_in_thread
+from lipsync.server.openapi import errors, operation
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.session import Session, SessionClosed, parse_text
 from lipsync.server.routes.avatars import not_found
@@ -37,8 +41,28 @@ EXTENSION = "lipsync.realtime"
 # How long a new connection may take to send its `start` message.
 START_TIMEOUT_S = 10.0
 
-realtime = Blueprint("realtime", __name__)
+realtime = APIBlueprint("realtime", __name__)
 sock = Sock()
+
+
+class _Documented:
+    """What flask-sock registers its route on: `realtime.get`, so the upgrade is in the
+    OpenAPI document like every other route."""
+
+    def route(self, path: str, **options: Any) -> Callable:
+        return realtime.get(
+            path,
+            **operation("stream", "Real-time lip-sync session (WebSocket upgrade)", "realtime"),
+            description="Upgrade to a WebSocket lip-sync session; the messages are described "
+            "by GET /api/stream/protocol.json. Refused before the upgrade: an API key missing "
+            "or wrong (401), a browser Origin not allowed (403), no session left (503 + "
+            "Retry-After).",
+            responses={
+                "101": {"description": "Switching protocols: the session begins"},
+                **errors(401, 403, 503),
+            },
+            **options,
+        )
 
 
 class SessionCount:
@@ -71,14 +95,22 @@ def register(app: Flask) -> None:
     settings = app.extensions["lipsync"].settings
     app.extensions[EXTENSION] = SessionCount(settings.realtime_max_sessions)
     app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": settings.realtime_max_message_bytes}
-    app.register_blueprint(realtime)
+    app.register_api(realtime)
 
 
 def sessions() -> SessionCount:
     return current_app.extensions[EXTENSION]
 
 
-@realtime.get(STREAM_PATH + "/protocol.json")
+@realtime.get(
+    STREAM_PATH + "/protocol.json",
+    **operation("stream_protocol", "The /api/stream message formats", "realtime"),
+    responses={
+        "200": {
+            "description": "JSON Schemas of the messages, the binary frame header, the close codes"
+        }
+    },
+)
 def protocol_json():
     return jsonify(p.protocol_document())
 
@@ -104,7 +136,7 @@ def origin_allowed(origin: str, host: str, allowed: frozenset[str]) -> bool:
     return urlsplit(origin).netloc == host or origin in allowed or "*" in allowed
 
 
-@sock.route(STREAM_PATH, bp=realtime)
+@sock.route(STREAM_PATH, bp=_Documented())
 def stream(ws) -> None:
     count = sessions()
     if not count.enter():  # another upgrade took the last place meanwhile
