@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, jsonify, request
-from flask_openapi3 import APIBlueprint
+from flask import current_app, jsonify, request
+from flask_openapi3 import APIBlueprint, OpenAPI
 from flask_sock import Sock
 
 from lipsync.errors import ForbiddenOriginError, LipSyncError
@@ -90,7 +90,7 @@ class SessionCount:
         obs.REALTIME_SESSIONS.dec()
 
 
-def register(app: Flask) -> None:
+def register(app: OpenAPI) -> None:
     """Add the WebSocket route and its protocol document to `app`."""
     settings = app.extensions["lipsync"].settings
     app.extensions[EXTENSION] = SessionCount(settings.realtime_max_sessions)
