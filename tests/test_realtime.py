@@ -336,3 +336,45 @@ def test_a_client_that_never_reads_gets_drops_or_is_closed(server, avatar_id, sp
         closed = True
     assert closed or dropped > 0
     assert healthy(server)
+
+
+def test_metrics_count_sessions_and_frames(server, avatar_id, speech):
+    ws, _ = open_session(server, avatar_id)
+    send_chunks(ws, speech[:8000])
+    ws.send(json.dumps({"type": "flush"}))
+    collect_until(ws, "flushed")
+    text = server.get("/metrics", headers=_auth()).text
+    ws.close()
+    assert "lipsync_realtime_sessions" in text
+    sent = [
+        line for line in text.splitlines() if line.startswith("lipsync_realtime_frames_sent_total")
+    ]
+    assert sent and float(sent[0].split()[-1]) >= 13
+    assert "lipsync_realtime_frame_seconds_bucket" in text
+
+
+# -- pure parts of the protocol ------------------------------------------------------------
+
+
+def test_frame_header_round_trip_and_crc_check():
+    message = p.pack_frame(7, 280, b"\xff\xd8jpeg")
+    assert len(message) == p.FRAME_HEADER.size + 6
+    assert p.unpack_frame(message) == (7, 280, b"\xff\xd8jpeg")
+    corrupt = message[:-1] + bytes([message[-1] ^ 1])
+    with pytest.raises(ValueError, match="CRC"):
+        p.unpack_frame(corrupt)
+    with pytest.raises(ValueError, match="length"):
+        p.unpack_frame(message + b"x")
+
+
+def test_pcm_decoding_averages_channels_and_refuses_partial_samples():
+    from lipsync.server.realtime.session import SessionClosed, decode_pcm
+
+    stereo = np.array([[0.5, -0.25], [1.0, 0.0]], "<f4")
+    fmt = p.AudioFormat(sample_rate=16000, encoding="f32le", channels=2)
+    np.testing.assert_array_equal(decode_pcm(stereo.tobytes(), fmt), [0.125, 0.5])
+    s16 = p.AudioFormat(sample_rate=16000, encoding="pcm_s16le", channels=1)
+    np.testing.assert_array_equal(decode_pcm(np.array([16384], "<i2").tobytes(), s16), [0.5])
+    with pytest.raises(SessionClosed) as closed:
+        decode_pcm(b"\x00\x00\x00", s16)
+    assert closed.value.code == p.CLOSE_INVALID_PAYLOAD
