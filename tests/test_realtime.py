@@ -378,3 +378,18 @@ def test_pcm_decoding_averages_channels_and_refuses_partial_samples():
     with pytest.raises(SessionClosed) as closed:
         decode_pcm(b"\x00\x00\x00", s16)
     assert closed.value.code == p.CLOSE_INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_silence_gate_shows_the_avatar_frame_in_silence(server, avatar_id, gate):
+    """With the gate on, 0.5 s of digital silence gives 13 frames that are the avatar's own
+    image (the same JPEG bytes); with it off (the default) they are generated."""
+    ws, _ = open_session(server, avatar_id, silence_gate=gate, output={"quality": 100})
+    send_chunks(ws, np.zeros(8000, np.float32))
+    ws.send(json.dumps({"type": "flush"}))
+    frames, _ = collect_until(ws, "flushed")
+    ws.close()
+    face = cv2.imread(str(ASSETS / "face.jpg"))
+    own = encode_image(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert len(frames) == 13
+    assert all(f[2] == own for f in frames) is gate

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from lipsync.options import GENERATOR_NAMES
+from lipsync.options import DEFAULT_SILENCE_THRESHOLD_DB, GENERATOR_NAMES
 
 # Binary frame: little-endian magic, message type, reserved byte and u16, frame index,
 # presentation time (ms from the utterance's start), payload length, CRC-32 of the payload.
@@ -67,6 +67,12 @@ class Start(_Message):
     model: Model = "wav2lip"  # type: ignore[assignment]
     output: Output = Output()
     protocol: Literal["binary", "json"] = "binary"
+    silence_gate: bool = Field(
+        default=False,
+        description="frames whose 0.2 s audio window is silent are the avatar's own, "
+        "without inference (a hard switch: no cross-fade live)",
+    )
+    silence_threshold_db: float = Field(default=DEFAULT_SILENCE_THRESHOLD_DB, ge=-120, le=0)
 
 
 class Audio(_Message):

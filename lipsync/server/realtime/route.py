@@ -196,6 +196,8 @@ def _face(svc: Service, start: p.Start):
         model=start.model,
         quality=settings.default_quality,
         blend=settings.default_blend,
+        silence_gate=start.silence_gate,
+        silence_threshold_db=start.silence_threshold_db,
     )
     if start.avatar_id is not None:
         avatar = svc.store.get(start.avatar_id)

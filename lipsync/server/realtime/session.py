@@ -41,6 +41,7 @@ from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
+from lipsync.server.realtime.gate import GatedLiveLipSync
 from lipsync.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ class Session:
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.settings = settings
-        self._new_live: Callable[[], LiveLipSync] = lambda: LiveLipSync(
+        live_class = GatedLiveLipSync if options.silence_gate else LiveLipSync
+        self._new_live: Callable[[], LiveLipSync] = lambda: live_class(
             engine, prepared, options, start.audio.sample_rate
         )
         self._fps = options.fps
