@@ -20,6 +20,7 @@ from inference_engine import Wav2LipInferenceEngine
 from lipsync.server import observability as obs
 from lipsync.server.error_mapping import register_error_handlers
 from lipsync.server.parsing import field_error
+from lipsync.server.realtime import route as realtime
 from lipsync.server.routes import BLUEPRINTS
 from lipsync.server.service import EXTENSION, Service, begin_request, finish_request
 from lipsync.settings import Settings
@@ -50,6 +51,7 @@ def create_app(
     app.after_request(finish_request)
     for blueprint in BLUEPRINTS:
         app.register_api(blueprint)
+    realtime.register(app)
     return app
 
 

@@ -31,6 +31,8 @@ class ErrorCode(enum.Enum):
     BAD_REQUEST = (400, "a request the server cannot parse")
     # 401
     UNAUTHORIZED = (401, "an API key is configured and the request has none or a wrong one")
+    # 403
+    FORBIDDEN_ORIGIN = (403, "a WebSocket upgrade from an Origin not in LIPSYNC_CORS_ORIGINS")
     # 404
     AVATAR_NOT_FOUND = (404, "no avatar with this id")
     NOT_FOUND = (404, "no such route")
@@ -130,3 +132,9 @@ class NotFoundError(LipSyncError, LookupError):
 
 class UnauthorizedError(LipSyncError):
     default_code = ErrorCode.UNAUTHORIZED
+
+
+class ForbiddenOriginError(LipSyncError):
+    """A browser page from an origin that is not allowed opened a WebSocket."""
+
+    default_code = ErrorCode.FORBIDDEN_ORIGIN

@@ -34,6 +34,9 @@ POSITIVE_INTS = (
     "worker_connections",
     "stream_buffer_chunks",
     "worker_timeout",
+    "realtime_max_sessions",
+    "realtime_max_message_bytes",
+    "realtime_send_buffer_frames",
 )
 POSITIVE_NUMBERS = (
     "max_body_mb",
@@ -42,6 +45,9 @@ POSITIVE_NUMBERS = (
     "avatar_cache_mb",
     "request_timeout_s",
     "stream_reader_timeout_s",
+    "realtime_max_session_s",
+    "realtime_idle_timeout_s",
+    "realtime_stall_timeout_s",
 )
 NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
 # Fields whose value is one of a few names.
@@ -93,6 +99,16 @@ class Settings:
     # at most this many encoded chunks (one per frame batch) wait for a slow reader.
     stream_reader_timeout_s: float = 30.0
     stream_buffer_chunks: int = 8
+    # WebSocket lip-sync sessions (/api/stream) per worker: open sessions, largest message,
+    # longest session, longest silence from the client, frames waiting for a slow reader
+    # (beyond: the oldest are dropped) and how long a reader may read nothing before the
+    # session is closed (seconds).
+    realtime_max_sessions: int = 4
+    realtime_max_message_bytes: int = 1024 * 1024
+    realtime_max_session_s: float = 3600.0
+    realtime_idle_timeout_s: float = 60.0
+    realtime_send_buffer_frames: int = 8
+    realtime_stall_timeout_s: float = 10.0
     # Optional API key (Authorization: Bearer <key> or X-API-Key) for all but /health/live.
     api_key: str = field(default="", repr=False)  # never printed
     # Browser origins allowed by CORS, comma-separated ("*" for any; empty: no CORS).

@@ -52,6 +52,19 @@ QUEUE_DEPTH = Gauge(
     "lipsync_queue_depth", "Requests waiting for a generation slot", multiprocess_mode="livesum"
 )
 ACTIVE = Gauge("lipsync_active_generations", "Generations running", multiprocess_mode="livesum")
+REALTIME_SESSIONS = Gauge(
+    "lipsync_realtime_sessions", "Open /api/stream sessions", multiprocess_mode="livesum"
+)
+REALTIME_FRAMES_SENT = Counter("lipsync_realtime_frames_sent_total", "Frames sent on /api/stream")
+REALTIME_FRAMES_DROPPED = Counter(
+    "lipsync_realtime_frames_dropped_total",
+    "Frames of /api/stream dropped (slow reader, or interrupted before sending)",
+)
+REALTIME_FRAME_SECONDS = Histogram(
+    "lipsync_realtime_frame_seconds",
+    "From the audio completing a frame's window to the frame's send",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2),
+)
 REJECTED = Counter(
     "lipsync_rejected_requests_total", "Requests refused before or during generation", ["reason"]
 )

@@ -36,12 +36,14 @@ DOCUMENT = "lipsync.openapi"
 TAGS = {
     "generate": "lip-sync",
     "avatars": "faces registered once, reused by id",
+    "realtime": "WebSocket lip-sync sessions: speech in, frames out as they are made",
     "health": "probes and status",
     "meta": "service description, metrics and this document",
 }
 STATUS_TEXT = {
     400: "Bad request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     413: "Payload too large",

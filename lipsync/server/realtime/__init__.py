@@ -1,0 +1,1 @@
+"""Real-time lip-sync over a WebSocket (/api/stream): protocol, session, route."""

@@ -1,0 +1,226 @@
+"""The /api/stream protocol, declared once: pydantic models of the JSON messages, the
+binary frame header, the close codes, and the machine-readable document built from them.
+
+Client -> server: a JSON `start` first, then audio (binary messages of raw PCM in the
+start's encoding, any length that is a whole number of samples; or JSON `audio` with
+base64 PCM) and JSON controls (`flush`, `interrupt`, `ping`, `end`).
+Server -> client: JSON `ready`, `pong`, `flushed`, `interrupted`, `dropped`, `error`, and
+each frame either as a binary message (FRAME_HEADER + JPEG) or as a JSON `frame`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from lipsync.options import DEFAULT_SILENCE_THRESHOLD_DB, GENERATOR_NAMES
+
+# Binary frame: little-endian magic, message type, reserved byte and u16, frame index,
+# presentation time (ms from the utterance's start), payload length, CRC-32 of the payload.
+FRAME_HEADER = struct.Struct("<4sBBHIIII")
+FRAME_MAGIC = b"LSRT"
+FRAME_TYPE_JPEG = 1
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED_DATA = 1003  # binary audio before `start`, an unknown message type
+CLOSE_INVALID_PAYLOAD = 1007  # bad JSON, base64 or PCM length; a start that does not validate
+CLOSE_POLICY = 1008  # session too long, client idle, reader stalled
+CLOSE_TOO_BIG = 1009  # a message over the size limit
+CLOSE_INTERNAL = 1011  # a bug: the server log has it
+CLOSE_TRY_AGAIN = 1013  # over capacity after the upgrade
+
+Encoding = Literal["pcm_s16le", "f32le"]
+SAMPLE_BYTES = {"pcm_s16le": 2, "f32le": 4}
+Model = Literal[GENERATOR_NAMES]  # type: ignore[valid-type]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioFormat(_Message):
+    sample_rate: int = Field(default=16000, ge=8000, le=192000)
+    encoding: Encoding = "pcm_s16le"
+    channels: int = Field(default=1, ge=1, le=8, description="interleaved; averaged to mono")
+
+
+class Output(_Message):
+    format: Literal["jpeg"] = "jpeg"
+    quality: int = Field(default=85, ge=1, le=100, description="JPEG quality")
+
+
+class Start(_Message):
+    """Opens the session: the face, the audio's format, the frames wanted."""
+
+    type: Literal["start"]
+    avatar_id: str | None = Field(None, description="a registered avatar (POST /api/avatars)")
+    image: str | None = Field(None, description="base64 face image, when no avatar_id")
+    box: tuple[int, int, int, int] | None = Field(
+        None, description="face box (top, bottom, left, right) for `image`"
+    )
+    audio: AudioFormat = AudioFormat()
+    fps: float = Field(25.0, gt=0, le=60)
+    model: Model = "wav2lip"  # type: ignore[assignment]
+    output: Output = Output()
+    protocol: Literal["binary", "json"] = "binary"
+    silence_gate: bool = Field(
+        default=False,
+        description="frames whose 0.2 s audio window is silent are the avatar's own, "
+        "without inference (a hard switch: no cross-fade live)",
+    )
+    silence_threshold_db: float = Field(default=DEFAULT_SILENCE_THRESHOLD_DB, ge=-120, le=0)
+
+
+class Audio(_Message):
+    type: Literal["audio"]
+    data: str = Field(description="base64 PCM in the start's encoding")
+
+
+class Flush(_Message):
+    """End of utterance: the tail's frames, then `flushed`; the next audio starts afresh."""
+
+    type: Literal["flush"]
+
+
+class Interrupt(_Message):
+    """Barge-in: queued audio and unsent frames are dropped, then `interrupted`."""
+
+    type: Literal["interrupt"]
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+    id: int | str | None = None
+
+
+class End(_Message):
+    """Close the session (code 1000) without waiting for more frames."""
+
+    type: Literal["end"]
+
+
+ClientMessage = Annotated[
+    Start | Audio | Flush | Interrupt | Ping | End, Field(discriminator="type")
+]
+CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+
+
+class Ready(_Message):
+    type: Literal["ready"] = "ready"
+    session_id: str
+    width: int
+    height: int
+    fps: float
+    protocol: Literal["binary", "json"]
+
+
+class Frame(_Message):
+    """A frame in the JSON protocol (the binary protocol sends FRAME_HEADER + JPEG)."""
+
+    type: Literal["frame"] = "frame"
+    index: int = Field(description="frame number within the utterance, from 0")
+    pts_ms: int = Field(description="presentation time in the utterance, ms")
+    processing_ms: float = Field(description="from the audio completing it to sending")
+    data: str = Field(description="base64 JPEG")
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+    id: int | str | None = None
+
+
+class Flushed(_Message):
+    type: Literal["flushed"] = "flushed"
+    frames: int = Field(description="frames of the utterance just ended")
+
+
+class Interrupted(_Message):
+    type: Literal["interrupted"] = "interrupted"
+    dropped_frames: int
+
+
+class Dropped(_Message):
+    """Frames a slow reader missed (the oldest waiting ones were dropped)."""
+
+    type: Literal["dropped"] = "dropped"
+    count: int = Field(description="dropped since the last `dropped` message")
+    total: int
+
+
+class ErrorMessage(_Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+ServerMessage = Annotated[
+    Ready | Frame | Pong | Flushed | Interrupted | Dropped | ErrorMessage,
+    Field(discriminator="type"),
+]
+
+
+def pack_frame(index: int, pts_ms: int, jpeg: bytes) -> bytes:
+    """A binary frame message: FRAME_HEADER then the JPEG."""
+    crc = zlib.crc32(jpeg) & 0xFFFFFFFF
+    header = FRAME_HEADER.pack(FRAME_MAGIC, FRAME_TYPE_JPEG, 0, 0, index, pts_ms, len(jpeg), crc)
+    return header + jpeg
+
+
+def unpack_frame(message: bytes) -> tuple[int, int, bytes]:
+    """(index, pts_ms, jpeg) of a binary frame message; ValueError if it is malformed."""
+    if len(message) < FRAME_HEADER.size:
+        raise ValueError("shorter than the frame header")
+    magic, kind, _, _, index, pts_ms, length, crc = FRAME_HEADER.unpack_from(message)
+    payload = message[FRAME_HEADER.size :]
+    if magic != FRAME_MAGIC or kind != FRAME_TYPE_JPEG or length != len(payload):
+        raise ValueError("bad magic, type or length")
+    if zlib.crc32(payload) & 0xFFFFFFFF != crc:
+        raise ValueError("CRC mismatch")
+    return index, pts_ms, payload
+
+
+def protocol_document() -> dict[str, Any]:
+    """The protocol, machine-readable (served at /api/stream/protocol.json)."""
+    client = TypeAdapter(ClientMessage).json_schema(ref_template="#/components/schemas/{model}")
+    server = TypeAdapter(ServerMessage).json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**client.pop("$defs", {}), **server.pop("$defs", {})}
+    return {
+        "protocol": "lipsync-realtime",
+        "version": 1,
+        "url": "/api/stream",
+        "description": __doc__,
+        "client_messages": {"text": client, "binary": "raw PCM in the start's audio.encoding"},
+        "server_messages": {
+            "text": server,
+            "binary": {
+                "struct": FRAME_HEADER.format,
+                "fields": [
+                    "magic",
+                    "type",
+                    "reserved",
+                    "reserved",
+                    "index",
+                    "pts_ms",
+                    "length",
+                    "crc32",
+                ],
+                "magic": FRAME_MAGIC.decode(),
+                "types": {str(FRAME_TYPE_JPEG): "JPEG frame"},
+                "size": FRAME_HEADER.size,
+            },
+        },
+        "close_codes": {
+            str(CLOSE_NORMAL): "`end` received",
+            str(CLOSE_UNSUPPORTED_DATA): "audio before `start`, or an unknown message type",
+            str(CLOSE_INVALID_PAYLOAD): "bad JSON, base64, PCM length, or an invalid message",
+            str(CLOSE_POLICY): "session too long, client idle, or the reader stalled",
+            str(CLOSE_TOO_BIG): "a message over the size limit",
+            str(CLOSE_INTERNAL): "server error",
+            str(CLOSE_TRY_AGAIN): "over capacity: retry later",
+        },
+        "components": {"schemas": schemas},
+    }
