@@ -54,12 +54,12 @@ class _Documented:
             path,
             **operation("stream", "Real-time lip-sync session (WebSocket upgrade)", "realtime"),
             description="Upgrade to a WebSocket lip-sync session; the messages are described "
-            "by GET /api/stream/protocol.json. Refused before the upgrade: an API key missing "
-            "or wrong (401), a browser Origin not allowed (403), no session left (503 + "
-            "Retry-After).",
+            "by GET /api/stream/protocol.json. Refused before the upgrade: a request that is "
+            "not a WebSocket upgrade (400), an API key missing or wrong (401), a browser "
+            "Origin not allowed (403), no session left (503 + Retry-After).",
             responses={
                 "101": {"description": "Switching protocols: the session begins"},
-                **errors(401, 403, 503),
+                **errors(400, 401, 403, 503),
             },
             **options,
         )
