@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import audio
 from inference_engine import Wav2LipInferenceEngine
 from lipsync.audio_stream import SpeechStream
 from lipsync.errors import AudioError, ErrorCode
@@ -28,8 +29,10 @@ class LiveLipSync:
     frames whose audio became complete (k >= 0, in order, each once). `finish()` -> the
     rest, the tail done exactly as the offline path does it (AudioError
     `audio_too_short` when the whole speech is shorter than the mel spectrogram needs).
-    The frame rate is `options.fps` (for a video avatar, pass its own rate). The silence
-    gate is not applied here (it needs the clip's future to fade in).
+    The frame rate is `options.fps` (for a video avatar, pass its own rate). With
+    `options.silence_gate`, a frame whose window is silent (`audio.silent_windows`) is the
+    avatar's own, made without inference; the switch is hard, as the offline gate's
+    cross-fade needs frames ahead of the one being made.
     """
 
     def __init__(
@@ -64,8 +67,16 @@ class LiveLipSync:
             windows,
             self._options.model,
             blend=self._options.blend,
+            weights=self._gate(windows),
             first_frame=self.num_frames,
         )
         frames = np.concatenate(list(batches))
         self.num_frames += len(frames)
         return frames
+
+    def _gate(self, windows: np.ndarray) -> np.ndarray | None:
+        """Generated share per frame under the live silence gate (1 or 0), None when off."""
+        if not self._options.silence_gate:
+            return None
+        silent = audio.silent_windows(windows, self._options.silence_threshold_db)
+        return (~silent).astype(np.float32)

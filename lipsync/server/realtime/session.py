@@ -41,7 +41,6 @@ from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
-from lipsync.server.realtime.gate import GatedLiveLipSync
 from lipsync.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -123,8 +122,7 @@ class Session:
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.settings = settings
-        live_class = GatedLiveLipSync if options.silence_gate else LiveLipSync
-        self._new_live: Callable[[], LiveLipSync] = lambda: live_class(
+        self._new_live: Callable[[], LiveLipSync] = lambda: LiveLipSync(
             engine, prepared, options, start.audio.sample_rate
         )
         self._fps = options.fps
