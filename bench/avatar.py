@@ -38,6 +38,14 @@ def jpeg(size: tuple[int, int], variant: int) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()  # lossless: the pixel change survives
 
 
+def register(url: str, size: tuple[int, int]) -> str:
+    """Register the test portrait at `size` (w, h) as an avatar. -> its id."""
+    face = base64.b64encode(jpeg(size, 0)).decode()
+    registered = requests.post(url + "/api/avatars", json={"image": face}, timeout=600)
+    registered.raise_for_status()
+    return registered.json()["avatar_id"]
+
+
 def timed_post(url: str, payload: dict) -> tuple[float, dict]:
     start = time.perf_counter()
     response = requests.post(url + "/api/generate", json=payload, timeout=600)
@@ -60,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lipsync-avatar-bench-") as work:
         server = local_server.start_server(models_dir(args.models_dir), Path(work))
         try:
-            face = base64.b64encode(jpeg(size, 0)).decode()
-            registered = requests.post(
-                server.url + "/api/avatars", json={"image": face}, timeout=600
-            )
-            registered.raise_for_status()
-            avatar_id = registered.json()["avatar_id"]
+            avatar_id = register(server.url, size)
             timed_post(server.url, {"avatar_id": avatar_id, "audio": audio_b64})  # warm-up
             by_id, raw, stages = [], [], {}
             for i in range(args.repeats):

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import requests
 
-from bench.avatar import jpeg
+from bench.avatar import register
 from bench.load import models_dir, speech_wav
 from tools import local_server
 
@@ -105,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lipsync-stream-bench-") as work:
         server = local_server.start_server(models_dir(args.models_dir), Path(work))
         try:
-            face = base64.b64encode(jpeg(size, 0)).decode()
-            registered = requests.post(
-                server.url + "/api/avatars", json={"image": face}, timeout=600
-            )
-            registered.raise_for_status()
-            avatar_id = registered.json()["avatar_id"]
+            avatar_id = register(server.url, size)
             measure(server.url, avatar_id, 1.0, args.format, 1)  # warm-up
             results = {
                 f"{seconds:g}s": measure(server.url, avatar_id, seconds, args.format, args.repeats)
