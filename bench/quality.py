@@ -35,15 +35,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.pipeline import (
-    OV_CACHE,
-    UNTRAINED_BANNER,
-    machine_info,
-    make_image,
-    make_wav,
-    prepare_models,
-    run_once,
-)
+from bench.inputs import make_image, make_wav
+from bench.machine import machine_info
+from bench.models import OV_CACHE, prepare_models
+from bench.pipeline import UNTRAINED_BANNER
+from bench.stages import run_once
 from inference_engine import Wav2LipInferenceEngine
 from lipsync import compositing, generation
 from lipsync.media.encode_options import EncodeOptions

@@ -5,6 +5,7 @@ Structure only: speed targets never go in unit tests (this machine is shared and
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import subprocess
@@ -123,3 +124,11 @@ def test_pairs_must_be_positive():
     assert bench.build_parser().parse_args(["--pairs", "2"]).pairs == 2
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--pairs", "0"])
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "__init__")
+)
+def test_every_benchmark_module_imports(name):
+    """A benchmark that no longer imports (a moved helper) fails here, not when run."""
+    importlib.import_module(f"bench.{name}")
