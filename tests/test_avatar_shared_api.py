@@ -5,10 +5,12 @@ real gunicorn server (gevent worker) on Redis."""
 from __future__ import annotations
 
 import base64
+import json
 
 import cv2
 import pytest
 import requests
+import websocket
 from helpers import FACE_BOX, assert_error, b64, start_server, stop_server, wav_bytes
 
 from app import create_app
@@ -117,6 +119,18 @@ def test_the_spec_documents_the_code_on_avatar_routes(client):
         assert "503" in paths[path][method]["responses"], (path, method)
 
 
+def realtime_start(server, avatar_id: str) -> dict:
+    """The first answer to a WebSocket session's start with this avatar (type, code)."""
+    url = server.url.replace("http://", "ws://") + "/api/stream"
+    ws = websocket.create_connection(url, timeout=60)
+    try:
+        ws.send(json.dumps({"type": "start", "avatar_id": avatar_id}))
+        answer = json.loads(ws.recv())
+    finally:
+        ws.close()
+    return {k: v for k, v in answer.items() if k in ("type", "code")}
+
+
 def test_the_gunicorn_server_on_redis(
     untrained_models, redis_server, redis_url, tmp_path, face_jpeg
 ):
@@ -143,11 +157,13 @@ def test_the_gunicorn_server_on_redis(
             assert meta.status_code == 503 and meta.json()["error"]["code"] == CODE
             raw = {"image": b64(face_jpeg), "box": list(FACE_BOX), "audio": speech}
             assert server.post("/api/generate", json=raw).status_code == 200
+            assert realtime_start(server, avatar_id) == {"type": "error", "code": CODE}
         finally:
             redis_server.start()
         assert server.post("/api/avatars", json=registration(face_jpeg)).status_code == 201
         response = server.post("/api/generate", json={"avatar_id": avatar_id, "audio": speech})
         assert response.status_code == 200, response.text
+        assert realtime_start(server, avatar_id) == {"type": "ready"}
         assert requests.delete(f"{server.url}/api/avatars/{avatar_id}", timeout=30).ok
     finally:
         stop_server(server)
