@@ -51,17 +51,7 @@ POSITIVE_NUMBERS = (
     "realtime_idle_timeout_s",
     "realtime_stall_timeout_s",
 )
-NON_NEGATIVE = (
-    "avatar_ttl_s",
-    "max_queue",
-    "max_queue_wait_s",
-    "retry_after_s",
-    "graceful_timeout",
-    "keepalive_s",
-)
-# What LIPSYNC_AVATAR_STORE may be: the local directory, or a Redis URL with these schemes.
-LOCAL_AVATAR_STORE = "local"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
 # Fields whose value is one of a few names.
 WORKER_CLASSES = ("gevent", "gthread")
 CHOICES = {
@@ -71,6 +61,11 @@ CHOICES = {
     "log_level": LOG_LEVELS,
     "worker_class": WORKER_CLASSES,
 }
+# The avatar store (LIPSYNC_AVATAR_STORE): the local directory, or Redis at a URL of these
+# schemes; unused avatars expire after LIPSYNC_AVATAR_TTL_S (0: never).
+LOCAL_AVATAR_STORE = "local"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+STORE_NON_NEGATIVE = ("avatar_ttl_s",)
 
 
 @dataclass(frozen=True)
@@ -212,19 +207,20 @@ def _problem(name: str, value: Any) -> str | None:
         return f"must be >= 1, got {value}"
     if name in POSITIVE_NUMBERS and not value > 0:
         return f"must be > 0, got {value}"
-    if name in NON_NEGATIVE and value < 0:
+    if name in (*NON_NEGATIVE, *STORE_NON_NEGATIVE) and value < 0:
         return f"must be >= 0, got {value}"
     if name in CHOICES and value not in CHOICES[name]:
         return f"must be one of {CHOICES[name]}, got {value!r}"
-    if (
-        name == "avatar_store"
-        and value != LOCAL_AVATAR_STORE
-        and not value.startswith(REDIS_SCHEMES)
-    ):
+    if name == "avatar_store" and not is_avatar_store(value):
         return f"must be {LOCAL_AVATAR_STORE!r} or a URL starting with {' or '.join(REDIS_SCHEMES)}"
     if name == "port" and not 1 <= value <= 65535:
         return f"must be between 1 and 65535, got {value}"
     return None
+
+
+def is_avatar_store(value: str) -> bool:
+    """'local' or a Redis URL (LIPSYNC_AVATAR_STORE)."""
+    return value == LOCAL_AVATAR_STORE or value.startswith(REDIS_SCHEMES)
 
 
 def env_name(f: dataclasses.Field) -> str:

@@ -162,6 +162,25 @@ def test_redis_down_is_unavailable_for_registered_avatars_then_recovers(redis_se
     assert worker(redis_url).get(avatar_id) is not None
 
 
+def test_a_hung_redis_is_unavailable_and_raw_images_skip_it(redis_server, redis_url):
+    store = worker(redis_url)
+    avatar_id, _ = register(store)
+    loads = []
+    load = store.backend.load
+    store.backend.load = lambda i: loads.append(i) or load(i)  # a spy: counts, changes nothing
+    redis_server.pause()
+    try:
+        with pytest.raises(AvatarStoreUnavailableError, match="TimeoutError"):
+            store.get(avatar_id)  # cached: its confirmation times out
+        for seed in (4, 5):
+            raw, created = store.get_or_create(image_bytes(seed), RenderOptions(), persist=False)
+            assert created and raw.prepared.num_frames == 1
+        assert len(loads) == 1  # after one failure, raw images skip Redis for a while
+    finally:
+        redis_server.resume()
+    assert store.get(avatar_id) is not None  # the same store answers again
+
+
 def test_open_store_follows_the_settings(redis_url, tmp_path):
     shared = open_store(
         Settings(avatar_store=redis_url, avatar_ttl_s=60, avatar_store_timeout_s=0.25),

@@ -77,6 +77,8 @@ def test_redis_down_is_503_for_avatars_but_raw_images_work(
     try:
         assert_unavailable(client.post("/api/avatars", json=registration(face_jpeg)))
         assert_unavailable(generate_by_id(client, avatar_id))
+        streamed = {"avatar_id": avatar_id, "audio": b64(wav_bytes(0.3)), "stream": True}
+        assert_unavailable(client.post("/api/generate", json=streamed))  # before any byte
         assert_unavailable(client.get(f"/api/avatars/{avatar_id}"))
         assert_unavailable(client.get("/api/avatars"))
         assert_unavailable(client.delete(f"/api/avatars/{avatar_id}"))

@@ -5,6 +5,7 @@ on the same port (so its URL stays valid) to exercise Redis failures."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,7 @@ class RedisServer:
     """`redis-server --port <free> --bind 127.0.0.1 --save '' --appendonly no` in `directory`.
 
     `.url` (redis://127.0.0.1:<port>/0), `.start()` and `.stop()` (both idempotent),
-    `.flush()` (drop every key), `.running`.
+    `.pause()` and `.resume()` (a hung server), `.flush()` (drop every key), `.running`.
     """
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
@@ -65,6 +66,7 @@ class RedisServer:
         if self._process is None:
             return
         if self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server cannot stop
             self._process.terminate()
             try:
                 self._process.wait(STOP_TIMEOUT_S)
@@ -72,6 +74,17 @@ class RedisServer:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel, nothing is
+        answered — a hung or overloaded Redis. `resume()` undoes it."""
+        if self._process is None:
+            raise RuntimeError("redis-server is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def flush(self) -> None:
         """Drop every key (FLUSHALL)."""

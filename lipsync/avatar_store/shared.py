@@ -43,8 +43,9 @@ META_READ_BYTES = 16 * 1024
 # What a metadata read asks for: the blob's first bytes and its length (is it whole?).
 HEAD = (("getrange", 0, META_READ_BYTES - 1), ("strlen",))
 SCAN_COUNT = 500
-# One retry on a fresh connection: a connection broken by a Redis restart is replaced at
-# once, while a Redis that is down fails fast.
+# One retry on a fresh connection after a connection error: a connection broken by a Redis
+# restart is replaced at once, while a Redis that is down fails fast. A timeout is not
+# retried: a hung Redis costs a request one timeout, not two.
 RETRIES = 1
 
 
@@ -87,7 +88,7 @@ class RedisAvatars:
                 self._url,
                 socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), RETRIES),
+                retry=Retry(NoBackoff(), RETRIES, supported_errors=(redis.ConnectionError,)),
             )
             self._local.client = client
         return client
