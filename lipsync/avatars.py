@@ -125,8 +125,11 @@ class AvatarStore:
             with creating:  # concurrent requests for one file prepare it once per process
                 if persist:
                     avatar, stored = self._find(avatar_id)
-                else:
-                    avatar, stored = self._cached(avatar_id) or self._optional_load(avatar_id), True
+                else:  # a raw image: never stored, so whether it is does not matter
+                    avatar, stored = (
+                        self._cached(avatar_id) or self._optional_load(avatar_id),
+                        False,
+                    )
                 created = avatar is None
                 if avatar is None:
                     avatar = self._make(avatar_id, data, options, timings)
