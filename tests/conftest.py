@@ -117,9 +117,15 @@ def live_server(untrained_models, tmp_path_factory) -> LiveServer:
 @pytest.fixture(scope="module")
 def web_server(blind_models, tmp_path_factory) -> LiveServer:
     """The real server for the browser tests: its detector never finds a face (faces come
-    with an explicit box, and a face without one is the no-face error), speech up to 10 s."""
+    with an explicit box, and a face without one is the no-face error), speech up to 10 s,
+    one generation at a time and none queued (a second one is a 503, Retry-After: 2)."""
     server = start_server(
-        blind_models, tmp_path_factory.mktemp("web"), LIPSYNC_MAX_AUDIO_SECONDS="10"
+        blind_models,
+        tmp_path_factory.mktemp("web"),
+        LIPSYNC_MAX_AUDIO_SECONDS="10",
+        LIPSYNC_MAX_CONCURRENT="1",
+        LIPSYNC_MAX_QUEUE="0",
+        LIPSYNC_RETRY_AFTER_S="2",
     )
     yield server
     stop_server(server)

@@ -9,6 +9,8 @@ each mode are written to tests/artifacts/.
 from __future__ import annotations
 
 import io
+import threading
+import time
 import wave
 from pathlib import Path
 
@@ -199,9 +201,10 @@ def test_live_mode_draws_the_frames_at_25_fps(page, face_file):
 def test_no_face_error_shows_the_service_message(page, face_file, web_server):
     page.set_input_files("#face-file", str(face_file))
     page.click("#register")  # no box: the detector runs, and finds nothing
+    shown = shown_error(page)
     expected = api_error(web_server, "/api/avatars", image=face_file.read_bytes())
     assert expected["code"] == "face_not_detected"
-    assert shown_error(page) == expected["message"]
+    assert shown == expected["message"]
     assert page.evaluate("() => lipsync.errors.map((e) => e.code)") == ["face_not_detected"]
 
 
@@ -211,6 +214,7 @@ def test_too_long_audio_error_shows_the_service_message(page, face_file, web_ser
     register_face(page, face_file)
     page.set_input_files("#speech-file", str(speech))
     page.click("#generate")
+    shown = shown_error(page)
     expected = api_error(
         web_server,
         "/api/generate",
@@ -219,5 +223,34 @@ def test_too_long_audio_error_shows_the_service_message(page, face_file, web_ser
         box=(None, BOX),
     )
     assert expected["code"] == "audio_too_long"
-    assert shown_error(page) == expected["message"]
+    assert shown == expected["message"]
     assert page.evaluate("() => lipsync.reply.state") == "failed"
+
+
+def test_busy_service_shows_the_countdown_and_retries(page, face_file, web_server):
+    register_face(page, face_file)
+    page.set_input_files("#speech-file", str(ASSETS / "speech.wav"))
+    answers = []
+
+    def hold_the_slot():  # another client's streamed generation
+        files = {"image": face_file.read_bytes(), "audio": (ASSETS / "speech.wav").read_bytes()}
+        data = {"box": BOX, "stream": "true"}
+        answers.append(web_server.post("/api/generate", files=files, data=data))
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while web_server.get("/health/ready").status_code != 503:  # the slot is taken
+            assert time.monotonic() < deadline and holder.is_alive()
+            time.sleep(0.05)
+        page.click("#generate")
+        page.wait_for_selector("#busy:not([hidden])")
+        busy = page.text_content("#busy")
+    finally:
+        holder.join()
+    assert answers[0].status_code == 200
+    assert "Retrying in" in busy and "busy" in busy.lower()
+    page.wait_for_function("() => ['done', 'failed'].includes(lipsync.reply.state)")
+    assert page.evaluate("() => [lipsync.reply.state, lipsync.errors]") == ["done", []]
+    assert page.is_hidden("#busy")

@@ -12,7 +12,7 @@ export class ServiceError extends Error {
   }
 }
 
-const MAX_BUSY_RETRIES = 5;
+const MAX_BUSY_RETRIES = 10;
 let apiKey = "";
 
 export function setApiKey(key) {

@@ -142,8 +142,8 @@ export class FacePicker {
     const height = media ? media.clientHeight : meta ? (width * meta.height) / meta.width : 0;
     canvas.width = width;
     canvas.height = height;
-    canvas.style.left = `${(stage.clientWidth - width) / 2}px`;
-    canvas.style.top = `${(stage.clientHeight - height) / 2}px`;
+    canvas.style.left = `${media ? media.offsetLeft : (stage.clientWidth - width) / 2}px`;
+    canvas.style.top = `${media ? media.offsetTop : (stage.clientHeight - height) / 2}px`;
     ctx.clearRect(0, 0, width, height);
     if (!meta || !width) return;
     if (!media) {

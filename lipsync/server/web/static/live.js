@@ -15,7 +15,7 @@ const DELAY_MARGIN_S = 0.06; // over the recent 95th percentile of frame latenci
 const RECENT = 50; // latencies the delay follows
 const FPS_WINDOW_MS = 2000;
 const OPEN_ATTEMPTS = 3;
-const MAX_BACKLOG = 12; // due frames beyond which the oldest are skipped
+const MAX_BACKLOG = 50; // 2 s of due frames: beyond, the oldest are skipped to catch up
 
 /** Figures of the live session, shown on the page and read by the browser tests. */
 export const liveStats = {
