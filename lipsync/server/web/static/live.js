@@ -221,9 +221,9 @@ export class LiveSession {
   draw() {
     if (liveStats.state === "stopped" || liveStats.state === "failed") return;
     const now = this.audio.currentTime - this.delay.delayTime.value;
-    const due = () => this.queue.length && this.queue[0].bitmap && this.queue[0].due <= now;
-    while (due() && this.queue.length > MAX_BACKLOG) this.queue.shift().bitmap.close();
-    if (due()) {
+    const due = (i) => i < this.queue.length && this.queue[i].bitmap && this.queue[i].due <= now;
+    while (due(MAX_BACKLOG)) this.queue.shift().bitmap?.close(); // over 2 s behind: catch up
+    if (due(0)) {
       const { bitmap } = this.queue.shift();
       this.canvas.getContext("2d").drawImage(bitmap, 0, 0);
       bitmap.close();
