@@ -254,3 +254,34 @@ def test_busy_service_shows_the_countdown_and_retries(page, face_file, web_serve
     page.wait_for_function("() => ['done', 'failed'].includes(lipsync.reply.state)")
     assert page.evaluate("() => [lipsync.reply.state, lipsync.errors]") == ["done", []]
     assert page.is_hidden("#busy")
+
+
+def test_avatars_are_listed_used_and_deleted(page, face_file, web_server):
+    register_face(page, face_file)
+    avatar_id = page.text_content("#face-info").split()[1]
+    item = f"#avatars li[data-avatar-id='{avatar_id}']"
+    assert page.get_attribute(item, "aria-current") == "true"
+    page.reload()
+    page.wait_for_selector(item)
+    page.click(f"{item} button:text('Use')")
+    assert page.text_content("#face-info").startswith(f"Avatar {avatar_id}")
+    assert page.is_enabled("#live-start")
+    page.click(f"{item} button:text('Delete')")
+    page.wait_for_selector(item, state="detached")
+    assert web_server.get(f"/api/avatars/{avatar_id}").status_code == 404
+    assert page.is_disabled("#live-start")  # no face chosen any more
+    assert page.problems == []
+
+
+def test_recorded_speech_is_lip_synced(page, face_file):
+    register_face(page, face_file)
+    page.click("#record")  # Chromium's fake microphone: test_assets/speech.wav
+    page.wait_for_timeout(2500)
+    page.click("#record")
+    page.wait_for_function(f"() => {ID}('record-info').textContent.startsWith('Recorded')")
+    page.select_option("#reply-format", "mp4")
+    page.click("#generate")
+    page.wait_for_function("() => ['done', 'failed'].includes(lipsync.reply.state)")
+    stats = page.evaluate("() => [lipsync.reply, lipsync.errors]")
+    assert stats[1] == [] and stats[0]["state"] == "done"
+    assert 50 <= stats[0]["numFrames"] <= 75  # about 2.5 s at 25 fps
