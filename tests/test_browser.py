@@ -169,6 +169,7 @@ def test_live_mode_draws_the_frames_at_25_fps(page, face_file):
     stats = page.evaluate("() => lipsync.live")
     load = Path("/proc/loadavg").read_text().strip()
     print(f"live figures: {stats} (load average: {load})")
+    screenshot(page, "live")
     assert stats["state"] == "live" and stats["badFrames"] == 0
     assert stats["fpsDrawnAverage"] >= MIN_LIVE_FPS
     assert stats["latencyP50Ms"] > 0 and stats["delayMs"] > 0
@@ -186,7 +187,6 @@ def test_live_mode_draws_the_frames_at_25_fps(page, face_file):
         }"""
     )
     assert spread[:2] == [FACE_SIZE, FACE_SIZE] and spread[2] > 50
-    screenshot(page, "live")
     page.click("#live-interrupt")
     drawn = page.evaluate("() => lipsync.live.framesDrawn")
     page.wait_for_function(

@@ -114,7 +114,10 @@ export class LiveSession {
 
   setPlayback(on) {
     this.playback = on;
-    if (this.volume) this.volume.gain.value = on ? 1 : 0;
+    if (this.volume) {
+      this.volume.gain.cancelScheduledValues(this.audio.currentTime);
+      this.volume.gain.value = on ? 1 : 0;
+    }
   }
 
   /** Opens the session; resolves to null once `ready`, or to the refusal to retry after. */
@@ -261,6 +264,11 @@ export class LiveSession {
     liveStats.state = "interrupting"; // frames and audio wait for `interrupted`
     liveStats.interrupts++;
     this.queue = [];
+    // The old speech still in the delay line is not played: silent until new speech is out.
+    const now = this.audio.currentTime;
+    this.volume.gain.cancelScheduledValues(now);
+    this.volume.gain.setValueAtTime(0, now);
+    this.volume.gain.setValueAtTime(this.playback ? 1 : 0, now + this.delay.delayTime.value);
     this.ws.send(JSON.stringify({ type: "interrupt" }));
     this.update();
   }
