@@ -6,12 +6,15 @@ import { apiUrl, getApiKey, request, ServiceError } from "./api.js";
 import { unpackFrame } from "./frames.js";
 
 const CHUNK_S = 0.04; // 40 ms of audio per message
+const SPEECH_RATE = 16000; // Wav2Lip's audio rate
 const FPS = 25;
 const JPEG_QUALITY = 80;
 const INITIAL_DELAY_S = 0.5;
 const MIN_DELAY_S = 0.25;
 const MAX_DELAY_S = 4.5;
 const DELAY_MARGIN_S = 0.06; // over the recent 95th percentile of frame latencies
+const FIRST_DELAY_MARGIN_S = 0.15; // over the first frame's latency, until there are more
+const DELAY_TIME_CONSTANT_S = 0.3;
 const RECENT = 50; // latencies the delay follows
 const FPS_WINDOW_MS = 2000;
 const OPEN_ATTEMPTS = 3;
@@ -93,7 +96,8 @@ export class LiveSession {
     this.mic = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    const ctx = new AudioContext({ latencyHint: "interactive" });
+    // At the model's rate the browser resamples the microphone, the server need not.
+    const ctx = new AudioContext({ latencyHint: "interactive", sampleRate: SPEECH_RATE });
     this.audio = ctx;
     await ctx.resume();
     await ctx.audioWorklet.addModule(new URL("./pcm-worklet.js", import.meta.url));
@@ -204,7 +208,9 @@ export class LiveSession {
       return;
     }
     const spoken = this.utteranceStart + frame.ptsMs / 1000;
-    this.latencies.push(this.audio.currentTime - spoken);
+    const latency = this.audio.currentTime - spoken;
+    if (!this.latencies.length) this.setDelay(latency + FIRST_DELAY_MARGIN_S, 0); // at once
+    this.latencies.push(latency);
     if (this.latencies.length > RECENT) this.latencies.shift();
     liveStats.framesReceived++;
     this.receiveTimes.push(performance.now());
@@ -251,12 +257,17 @@ export class LiveSession {
     const p95 = percentile(this.latencies, 0.95);
     liveStats.latencyP50Ms = this.latencies.length ? Math.round(1000 * percentile(this.latencies, 0.5)) : null;
     liveStats.latencyP95Ms = p95 === null ? null : Math.round(1000 * p95);
-    if (p95 !== null) {
-      const target = Math.min(MAX_DELAY_S, Math.max(MIN_DELAY_S, p95 + DELAY_MARGIN_S));
-      this.delay.delayTime.setTargetAtTime(target, this.audio.currentTime, 0.3);
-    }
+    if (p95 !== null) this.setDelay(p95 + DELAY_MARGIN_S, DELAY_TIME_CONSTANT_S);
     liveStats.delayMs = Math.round(1000 * this.delay.delayTime.value);
     this.update();
+  }
+
+  /** The playback delay of frames and speech, bounded; reached with time constant `tau`. */
+  setDelay(seconds, tau) {
+    const target = Math.min(MAX_DELAY_S, Math.max(MIN_DELAY_S, seconds));
+    const param = this.delay.delayTime;
+    if (tau > 0) param.setTargetAtTime(target, this.audio.currentTime, tau);
+    else param.setValueAtTime(target, this.audio.currentTime);
   }
 
   interrupt() {
