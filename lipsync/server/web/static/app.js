@@ -192,6 +192,7 @@ for (const tab of document.querySelectorAll("[role=tab]")) {
   });
 }
 
+$("settings-form").addEventListener("submit", (event) => event.preventDefault()); // Enter: `change`
 $("api-key").value = sessionStorage.getItem(KEY_STORAGE) ?? "";
 setApiKey($("api-key").value);
 $("api-key").addEventListener("change", () => {
