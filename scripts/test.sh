@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # `playwright install`: its CDN is not needed). Installed once, as root (CI).
 if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
     else
         echo "chromium is missing (apt-get install chromium, as root): the browser tests skip" >&2
     fi
