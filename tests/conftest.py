@@ -133,3 +133,41 @@ def redis_url(redis_server: RedisServer) -> str:
     redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def web_server(blind_models, tmp_path_factory) -> LiveServer:
+    """The real server for the browser tests: its detector never finds a face (faces come
+    with an explicit box, and a face without one is the no-face error), speech up to 10 s,
+    one generation at a time and none queued (a second one is a 503, Retry-After: 2)."""
+    server = start_server(
+        blind_models,
+        tmp_path_factory.mktemp("web"),
+        LIPSYNC_MAX_AUDIO_SECONDS="10",
+        LIPSYNC_MAX_CONCURRENT="1",
+        LIPSYNC_MAX_QUEUE="0",
+        LIPSYNC_RETRY_AFTER_S="2",
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """Headless Chromium (Debian's `chromium`, driven by playwright) whose microphone is
+    Chromium's fake device playing test_assets/speech.wav in a loop."""
+    browser_path = shutil.which("chromium")
+    if browser_path is None:
+        pytest.skip("chromium is not installed (scripts/test.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={ASSETS / 'speech.wav'}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=flags)
+        yield browser
+        browser.close()

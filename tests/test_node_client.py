@@ -1,4 +1,6 @@
-"""The Node.js example client (examples/node/generate.mjs) against the real gunicorn server.
+"""The Node.js example clients (examples/node/) against the real gunicorn server: whole
+replies (generate.mjs), streamed replies (stream.mjs) and a chat backend forwarding them
+(chat-server.mjs), live WebSocket sessions (live.mjs).
 
 The models are untrained, so the detector may miss the test face: every run passes the face
 box explicitly.
@@ -7,14 +9,19 @@ box explicitly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import wave
+import zlib
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import requests
 from helpers import ASSETS, FACE_BOX, ROOT, probe_video
 
 NODE = shutil.which("node")
@@ -137,3 +144,137 @@ def test_generate_video_is_importable_without_running_the_cli():
         "url": "http://127.0.0.1:5001",
     }
     assert "usage" not in result.stdout + result.stderr
+
+
+# -- streamed replies, a chat backend forwarding them, live sessions -------------------------
+
+STREAM = ROOT / "examples" / "node" / "stream.mjs"
+CHAT_SERVER = ROOT / "examples" / "node" / "chat-server.mjs"
+LIVE = ROOT / "examples" / "node" / "live.mjs"
+NODE_MODULES = ROOT / "examples" / "node" / "node_modules"
+SMALL = 256  # a 256x256 face keeps the CPU low
+needs_ws = pytest.mark.skipif(
+    not (NODE_MODULES / "ws").is_dir(),
+    reason="`ws` is not installed: npm ci --prefix examples/node (scripts/test.sh does that)",
+)
+SMALL_BOX = [v * SMALL // 512 for v in FACE_BOX]
+
+
+@pytest.fixture(scope="module")
+def small_face(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("node-face") / "face256.jpg"
+    cv2.imwrite(str(path), cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (SMALL, SMALL)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def avatar_id(live_server, small_face) -> str:
+    response = live_server.post(
+        "/api/avatars",
+        files={"image": small_face.read_bytes()},
+        data={"box": ",".join(map(str, SMALL_BOX))},
+    )
+    assert response.status_code in (200, 201), response.text
+    return response.json()["avatar_id"]
+
+
+def expected_frames() -> int:
+    return math.ceil(speech_seconds() * 25)
+
+
+def test_streamed_reply_is_written_to_disk_as_it_arrives(live_server, avatar_id, tmp_path):
+    out = tmp_path / "reply" / "out.webm"
+    result = run_node(
+        str(STREAM),
+        "--url", live_server.url,
+        "--avatar-id", avatar_id,
+        "--audio", str(ASSETS / "speech.wav"),
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["num_frames"] == expected_frames()
+    assert summary["chunks"] > 1 and summary["first_chunk_ms"] < summary["done_ms"]
+    assert summary["bytes"] == out.stat().st_size
+    info = probe_video(out.read_bytes())
+    assert (info["video_codec"], info["audio_codec"]) == ("vp9", "opus")
+    assert info["num_frames"] == summary["num_frames"]
+    assert abs(info["audio_duration"] - speech_seconds()) < 0.04
+
+
+@pytest.fixture
+def chat_server(live_server, avatar_id):
+    """examples/node/chat-server.mjs on a free port, forwarding to the live server."""
+    process = subprocess.Popen(
+        [NODE, str(CHAT_SERVER), "--port", "0", "--url", live_server.url, "--avatar-id", avatar_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        yield json.loads(line)["listening"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_chat_backend_forwards_the_stream_as_it_is_made(chat_server, tmp_path):
+    speech = (ASSETS / "speech.wav").read_bytes()
+    with requests.post(f"{chat_server}/reply", data=speech, stream=True, timeout=300) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "video/webm"
+        assert response.headers["X-Codecs"] == "vp9,opus"
+        assert "Content-Length" not in response.headers  # forwarded as it comes
+        chunks = list(response.iter_content(chunk_size=None))
+    assert len(chunks) > 1
+    info = probe_video(b"".join(chunks))
+    assert info["num_frames"] == int(response.headers["X-Num-Frames"]) == expected_frames()
+    assert (info["width"], info["height"]) == (SMALL, SMALL)
+    assert abs(info["audio_duration"] - speech_seconds()) < 0.04
+
+
+def test_chat_backend_forwards_the_service_errors(chat_server):
+    response = requests.post(f"{chat_server}/reply", data=b"not audio", timeout=60)
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_audio" and error["message"]
+
+
+def run_live(live_server, avatar_id: str, out_dir: Path) -> subprocess.CompletedProcess:
+    """live.mjs: test_assets/speech.wav in real time, the frames saved in `out_dir`."""
+    speech = str(ASSETS / "speech.wav")
+    return run_node(
+        str(LIVE), "--url", live_server.url, "--avatar-id", avatar_id, "--audio", speech,
+        "--out-dir", str(out_dir),
+    )  # fmt: skip
+
+
+@needs_ws
+def test_live_session_saves_every_frame_checked(live_server, avatar_id, tmp_path):
+    out_dir = tmp_path / "frames"
+    result = run_live(live_server, avatar_id, out_dir)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    frames = json.loads((out_dir / "frames.json").read_text())
+    assert summary["frames"] == summary["flushed"] == len(frames) == expected_frames()
+    assert summary["dropped"] == 0
+    assert [f["index"] for f in frames] == list(range(len(frames)))
+    assert [f["pts_ms"] for f in frames] == [round(i * 40) for i in range(len(frames))]
+    for frame in frames:
+        jpeg = (out_dir / f"{frame['index']:06d}.jpg").read_bytes()
+        assert len(jpeg) == frame["bytes"]
+        assert zlib.crc32(jpeg) == frame["crc32"]  # the client checked it against the header
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (SMALL, SMALL, 3)
+    print(f"live session: {summary['fps']} fps, latency {summary['latency_ms']} ms")
+
+
+@needs_ws
+def test_live_session_reports_the_service_error(live_server, tmp_path):
+    result = run_live(live_server, "0" * 32, tmp_path / "frames")
+    assert result.returncode == 1
+    error = json.loads(result.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "avatar_not_found" and "not found" in error["message"]

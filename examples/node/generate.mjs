@@ -15,8 +15,8 @@
 
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
+
+import { parseCommon, runCli } from "./cli.mjs";
 
 export const DEFAULT_URL = "http://127.0.0.1:5001";
 export const DEFAULT_TIMEOUT_MS = 300_000;
@@ -30,6 +30,32 @@ export class LipSyncError extends Error {
     this.status = status; // HTTP status, null when no answer came
     this.field = field; // the request field at fault, when the service names one
   }
+}
+
+/** The LipSyncError of an answer that is not a success (reads its body). */
+export async function serviceError(response) {
+  const text = await response.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON: a proxy's error page, for instance
+  }
+  return errorOf(json, text, response);
+}
+
+function errorOf(json, text, response) {
+  const error = json?.error ?? {};
+  return new LipSyncError(
+    error.code ?? `http_${response.status}`,
+    error.message ?? (text.slice(0, 200) || response.statusText),
+    { status: response.status, field: error.field },
+  );
+}
+
+/** `path` under the service's base URL (a path prefix, behind a proxy, is kept). */
+export function serviceUrl(url, path) {
+  return new URL(path, url.endsWith("/") ? url : `${url}/`);
 }
 
 const base64 = (data) => (typeof data === "string" ? data : Buffer.from(data).toString("base64"));
@@ -60,8 +86,7 @@ export async function generateVideo({
   if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
   let response;
   try {
-    const base = url.endsWith("/") ? url : `${url}/`; // keeps a path prefix (behind a proxy)
-    response = await fetch(new URL("api/generate", base), {
+    response = await fetch(serviceUrl(url, "api/generate"), {
       method: "POST",
       headers,
       body: JSON.stringify(body), // undefined options are left out
@@ -73,6 +98,7 @@ export async function generateVideo({
     }
     throw new LipSyncError("unreachable", `${url}: ${err.cause?.message ?? err.message}`);
   }
+  if (!response.ok) throw await serviceError(response);
   const text = await response.text();
   let json;
   try {
@@ -80,14 +106,7 @@ export async function generateVideo({
   } catch {
     json = null;
   }
-  if (!response.ok || !json?.success) {
-    const error = json?.error ?? {};
-    throw new LipSyncError(
-      error.code ?? `http_${response.status}`,
-      error.message ?? (text.slice(0, 200) || response.statusText),
-      { status: response.status, field: error.field },
-    );
-  }
+  if (!json?.success) throw errorOf(json, text, response);
   const { video, success, ...meta } = json;
   return { video: Buffer.from(video, "base64"), meta };
 }
@@ -100,81 +119,36 @@ const USAGE =
   "[--model wav2lip|wav2lip_gan] [--api-key KEY] [--timeout SECONDS]";
 
 function parseCli(argv) {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      image: { type: "string" },
-      "avatar-id": { type: "string" },
-      audio: { type: "string" },
-      out: { type: "string" },
-      url: { type: "string" },
-      format: { type: "string" },
-      box: { type: "string" },
-      model: { type: "string" },
-      "api-key": { type: "string" },
-      timeout: { type: "string", default: String(DEFAULT_TIMEOUT_MS / 1000) },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return null;
-  for (const name of ["audio", "out"]) {
-    if (!values[name]) throw new Error(`--${name} is required`);
-  }
-  if (!values.image === !values["avatar-id"]) {
-    throw new Error("give one of --image and --avatar-id");
-  }
-  const box = values.box?.split(",").map(Number);
-  if (box && (box.length !== 4 || !box.every(Number.isInteger))) {
-    throw new Error(`--box must be 4 integers top,bottom,left,right, got ${values.box}`);
-  }
+  const options = {
+    out: { type: "string" },
+    format: { type: "string" },
+    model: { type: "string" },
+    timeout: { type: "string", default: String(DEFAULT_TIMEOUT_MS / 1000) },
+  };
+  const values = parseCommon(argv, options, ["audio", "out"]);
+  if (values === null) return null;
   const timeout = Number(values.timeout);
   if (!(timeout > 0)) throw new Error(`--timeout must be a positive number of seconds`);
   // Without --format, an .mp4 / .webm output name chooses the container.
   const ext = path.extname(values.out).slice(1).toLowerCase();
   const format = values.format ?? (["mp4", "webm"].includes(ext) ? ext : undefined);
-  const { "api-key": apiKey, "avatar-id": avatarId } = values;
-  return { ...values, box, format, apiKey, avatarId, timeoutMs: timeout * 1000 };
+  return { ...values, format, timeoutMs: timeout * 1000 };
 }
 
-async function main(argv) {
-  let args;
-  try {
-    args = parseCli(argv);
-  } catch (err) {
-    console.error(`${err.message}\n${USAGE}`);
-    return 2;
-  }
-  if (args === null) {
-    console.log(USAGE);
-    return 0;
-  }
-  try {
-    const [image, audio] = await Promise.all([
-      args.image && readFile(args.image),
-      readFile(args.audio),
-    ]);
-    const started = performance.now();
-    const { video, meta } = await generateVideo({ ...args, image, audio });
-    await mkdir(path.dirname(path.resolve(args.out)), { recursive: true });
-    await writeFile(args.out, video);
-    const timings = Object.entries(meta.timings_ms ?? {})
-      .map(([step, ms]) => `${step}=${Math.round(ms)}`)
-      .join(" ");
-    console.log(
-      `${args.out}: ${meta.num_frames} frames, ${meta.duration} s, ${meta.width}x${meta.height}, ` +
-        `${(video.length / 1024).toFixed(1)} KiB ${meta.mime_type}, ` +
-        `request ${Math.round(performance.now() - started)} ms, timings_ms ${timings}`,
-    );
-    return 0;
-  } catch (err) {
-    const code = err instanceof LipSyncError ? err.code : (err.code ?? "client_error");
-    const error = { code, message: err.message, field: err.field };
-    console.error(JSON.stringify({ success: false, error })); // undefined field is left out
-    return 1;
-  }
+async function main(args) {
+  const [image, audio] = await Promise.all([args.image && readFile(args.image), readFile(args.audio)]);
+  const started = performance.now();
+  const { video, meta } = await generateVideo({ ...args, image, audio });
+  await mkdir(path.dirname(path.resolve(args.out)), { recursive: true });
+  await writeFile(args.out, video);
+  const timings = Object.entries(meta.timings_ms ?? {})
+    .map(([step, ms]) => `${step}=${Math.round(ms)}`)
+    .join(" ");
+  console.log(
+    `${args.out}: ${meta.num_frames} frames, ${meta.duration} s, ${meta.width}x${meta.height}, ` +
+      `${(video.length / 1024).toFixed(1)} KiB ${meta.mime_type}, ` +
+      `request ${Math.round(performance.now() - started)} ms, timings_ms ${timings}`,
+  );
 }
 
-// Run the CLI only when this file is executed, not when it is imported.
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  process.exitCode = await main(process.argv.slice(2));
-}
+await runCli(import.meta.url, USAGE, parseCli, main);

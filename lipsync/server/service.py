@@ -23,7 +23,8 @@ from lipsync.settings import Settings
 from lipsync.util import native_rlock
 
 EXTENSION = "lipsync"
-PUBLIC_PATHS = frozenset({"/health/live"})
+PUBLIC_PATHS = frozenset({"/health/live", "/web/"})
+PUBLIC_PREFIX = "/web/static/"  # the page's files: nothing secret (its API calls need the key)
 CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-API-Key, X-Request-ID, Accept"
 CORS_EXPOSE_HEADERS = ", ".join([obs.REQUEST_ID_HEADER, *VIDEO_HEADER_NAMES, "Retry-After"])
 
@@ -84,7 +85,8 @@ def begin_request() -> Response | None:
     settings = service().settings
     if request.method == "OPTIONS" and request.headers.get("Origin"):
         return Response(status=204)  # CORS preflight; headers added in finish_request
-    if settings.api_key and request.path not in PUBLIC_PATHS and not authorized(settings.api_key):
+    public = request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX)
+    if settings.api_key and not public and not authorized(settings.api_key):
         obs.REJECTED.labels(ErrorCode.UNAUTHORIZED.code).inc()
         raise UnauthorizedError("missing or wrong API key")
     return None

@@ -7,7 +7,7 @@ from typing import Any
 
 import flask_openapi3_swagger
 import openvino as ov
-from flask import Response, current_app, jsonify, render_template_string
+from flask import Response, current_app, jsonify, redirect, render_template_string, request
 from flask_openapi3 import APIBlueprint
 from flask_openapi3_swagger.templates import swagger_html_string
 
@@ -20,6 +20,7 @@ from lipsync.server.error_mapping import SETUP_COMMAND
 from lipsync.server.openapi import errors, ok, operation
 from lipsync.server.schemas import Health, Index, Liveness, OpenAPIDocument, Readiness
 from lipsync.server.service import service
+from lipsync.server.web import PAGE_PATH
 from lipsync.settings import FORMATS
 
 REQUIRED_MODELS = (DETECTOR_NAME, "wav2lip")
@@ -35,24 +36,36 @@ meta = APIBlueprint("meta", __name__, static_folder=SWAGGER_ASSETS, static_url_p
 @meta.get(
     "/",
     **operation("index", "What this service is and its main endpoints", "meta"),
-    responses={"200": ok("Service name and endpoints.", Index), **errors(500)},
+    description="API clients get this JSON index; a browser (an `Accept` preferring "
+    "text/html) is redirected to the page for people, /web/.",
+    responses={
+        "200": ok("Service name and endpoints.", Index),
+        "302": {"description": "A browser: redirected to /web/.", "headers": {}},
+        **errors(500),
+    },
 )
 def index():
-    return jsonify(
-        {
-            "service": "wav2lip-openvino",
-            "endpoints": {
-                "POST /api/generate": "lip-sync a face (image, video or avatar_id) to speech",
-                "POST /api/avatars": "register a face once; reuse it by avatar_id",
-                "GET /api/avatars": "list avatars",
-                "GET|DELETE /api/avatars/<avatar_id>": "one avatar",
-                "GET /health": "status; /health/live and /health/ready for orchestrators",
-                "GET /metrics": "Prometheus metrics",
-                "GET /openapi.json": "OpenAPI description of this API",
-                "GET /docs/": "interactive API documentation (Swagger UI)",
-            },
-        }
-    )
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        response = redirect(PAGE_PATH.lstrip("/"), code=302)  # relative: works behind a prefix
+    else:
+        response = jsonify(
+            {
+                "service": "wav2lip-openvino",
+                "endpoints": {
+                    "POST /api/generate": "lip-sync a face (image, video or avatar_id) to speech",
+                    "POST /api/avatars": "register a face once; reuse it by avatar_id",
+                    "GET /api/avatars": "list avatars",
+                    "GET|DELETE /api/avatars/<avatar_id>": "one avatar",
+                    "GET /health": "status; /health/live and /health/ready for orchestrators",
+                    "GET /metrics": "Prometheus metrics",
+                    "GET /openapi.json": "OpenAPI description of this API",
+                    "GET /docs/": "interactive API documentation (Swagger UI)",
+                    "GET /web/": "the page for people: faces, streamed replies, live mode",
+                },
+            }
+        )
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 @meta.get(
