@@ -3,126 +3,80 @@
 An avatar id is the sha256 (first 32 hex digits) of the uploaded file's bytes and the
 face-preparation options (pads, box, smooth, quality): the same file with the same options
 always gets the same id. The quality mode fixes the avatar's frame size (frames are fitted
-to it once, before detection), so one file has an avatar per quality. Prepared avatars
-live in a byte-bounded in-memory LRU and, when registered, on disk under `directory/<id>/`
-(written to a temporary directory and renamed into place, so readers never see a partial
-avatar), where a restarted process or another gunicorn worker finds them without running
-the detector again.
+to it once, before detection), so one file has an avatar per quality. Prepared avatars live
+in a byte-bounded in-memory LRU in front of a backend (lipsync/avatar_store/) where
+registered ones outlive the process: a local directory within a byte budget (the default;
+a restarted process or another gunicorn worker finds them without running the detector
+again), or Redis, shared by every worker and machine (`LIPSYNC_AVATAR_STORE=redis://...`).
+With Redis the memory LRU is a read-through cache: each use of a cached avatar is confirmed
+with Redis (one round trip), so an avatar deleted on one worker is gone on all of them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
-import shutil
-import tempfile
-import threading
 import time
 from _thread import LockType
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import MutableMapping
 from pathlib import Path
 
-import numpy as np
-
-from lipsync.errors import ErrorCode, InvalidFieldError
-from lipsync.faces import PreparedFace
-from lipsync.media.sizing import fit_frames
+from lipsync.avatar_store.disk import DiskAvatars
+from lipsync.avatar_store.model import (
+    AVATAR_ID_PATTERN,
+    Avatar,
+    AvatarBackend,
+    Decoder,
+    Preparer,
+    avatar_id_for,
+    check_avatar_id,
+)
+from lipsync.avatar_store.shared import RedisAvatars
+from lipsync.errors import AvatarStoreUnavailableError
 from lipsync.options import RenderOptions
+from lipsync.settings import LOCAL_AVATAR_STORE, Settings
 from lipsync.util import native_lock, timed
 
+__all__ = ["AVATAR_ID_PATTERN", "Avatar", "AvatarStore", "avatar_id_for", "check_avatar_id"]
+
 logger = logging.getLogger(__name__)
-
-AVATAR_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-META_FILE = "meta.json"
-SOURCE_FILE = "source.bin"
-BOXES_FILE = "boxes.npy"
-CROPS_FILE = "crops.npy"
-# Avatars stored before quality modes existed were prepared at the input's size.
-STORED_QUALITY_BEFORE_MODES = "original"
+MB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Avatar:
-    """A prepared face: frames, boxes and crops, plus what describes it to clients."""
-
-    avatar_id: str
-    kind: str  # "image" or "video"
-    fps: float | None
-    prepared: PreparedFace
-    pads: tuple[int, int, int, int]
-    box: tuple[int, int, int, int] | None
-    smooth: bool
-    created: float
-    quality: str = "standard"
-
-    @property
-    def nbytes(self) -> int:
-        p = self.prepared
-        return p.frames.nbytes + p.crops.nbytes + p.inputs.nbytes + p.boxes.nbytes
-
-    def meta(self) -> dict:
-        height, width = self.prepared.frames.shape[1:3]
-        return {
-            "avatar_id": self.avatar_id,
-            "kind": self.kind,
-            "width": int(width),
-            "height": int(height),
-            "num_frames": self.prepared.num_frames,
-            "fps": self.fps,
-            "boxes": self.prepared.boxes.tolist(),
-            "pads": list(self.pads),
-            "box": list(self.box) if self.box else None,
-            "smooth": self.smooth,
-            "quality": self.quality,
-            "created_at": self.created,
-        }
-
-
-def avatar_id_for(data: bytes, options: RenderOptions) -> str:
-    """Content-derived id: sha256 over the file bytes and the face-preparation options."""
-    digest = hashlib.sha256(data)
-    face_options = [
-        list(options.pads),
-        options.box and list(options.box),
-        options.smooth,
-        options.fill_missing_faces,
-        options.quality,
-    ]
-    digest.update(json.dumps(face_options).encode())
-    return digest.hexdigest()[:32]
-
-
-def check_avatar_id(avatar_id: str) -> str:
-    """Refuse anything but 32 lowercase hex digits (ids become directory names)."""
-    if not isinstance(avatar_id, str) or not AVATAR_ID_PATTERN.fullmatch(avatar_id):
-        raise InvalidFieldError(
-            "avatar_id",
-            f"must be 32 lowercase hex digits, got {avatar_id!r}",
-            code=ErrorCode.INVALID_AVATAR_ID,
+def open_store(settings: Settings, decode: Decoder, prepare: Preparer) -> AvatarStore:
+    """The store the settings ask for: Redis (LIPSYNC_AVATAR_STORE), else the avatar
+    directory within its disk budget, else memory only."""
+    backend: AvatarBackend | None = None
+    if settings.avatar_store != LOCAL_AVATAR_STORE:
+        backend = RedisAvatars(
+            settings.avatar_store,
+            decode,
+            ttl_s=settings.avatar_ttl_s,
+            timeout_s=settings.avatar_store_timeout_s,
+            retry_after_s=settings.retry_after_s,
         )
-    return avatar_id
-
-
-# Decodes uploaded bytes into frames and the clip's fps (None for an image).
-Decoder = Callable[[bytes], tuple[np.ndarray, float | None]]
-# Detects and crops: (frames, options, stage timings) -> PreparedFace.
-Preparer = Callable[[np.ndarray, RenderOptions, MutableMapping[str, float] | None], PreparedFace]
+    elif settings.avatar_dir is not None:
+        budget = int(settings.avatar_disk_budget_mb * MB)
+        backend = DiskAvatars(settings.avatar_dir, decode, budget)
+    return AvatarStore(backend, int(settings.avatar_cache_mb * MB), decode, prepare)
 
 
 class AvatarStore:
-    """Thread-safe LRU of prepared avatars (bounded in bytes) backed by a directory."""
+    """Thread-safe LRU of prepared avatars (bounded in bytes) in front of a backend.
+
+    `backend`: an AvatarBackend, a directory (no disk budget) or None (memory only).
+    """
 
     def __init__(
-        self, directory: str | Path | None, max_bytes: int, decode: Decoder, prepare: Preparer
+        self,
+        backend: AvatarBackend | str | Path | None,
+        max_bytes: int,
+        decode: Decoder,
+        prepare: Preparer,
     ) -> None:
-        self.directory = Path(directory) if directory else None
-        if self.directory:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(backend, str | Path):
+            backend = DiskAvatars(backend, decode, None)
+        self.backend = backend
         self.max_bytes = max_bytes
         self._decode = decode
         self._prepare = prepare
@@ -130,35 +84,25 @@ class AvatarStore:
         # Native locks: avatars are prepared on OS threads, also in a gevent worker.
         self._lock = native_lock()
         self._creating: dict[str, LockType] = {}
+        # Until then, lookups that may do without the backend (raw images) skip it.
+        self._skip_backend_until = 0.0
 
     # -- lookup ----------------------------------------------------------------------------
 
     def get(self, avatar_id: str) -> Avatar | None:
-        """The avatar from memory, else from disk (without detection), else None."""
+        """The avatar from memory (confirmed with a shared backend), else from the backend
+        (without detection), else None. AvatarStoreUnavailableError if Redis is down."""
         check_avatar_id(avatar_id)
-        with self._lock:
-            avatar = self._memory.get(avatar_id)
-            if avatar is not None:
-                self._memory.move_to_end(avatar_id)
-                return avatar
-        avatar = self._load(avatar_id)
-        if avatar is not None:
-            self._remember(avatar)
+        avatar, _ = self._find(avatar_id)
         return avatar
 
     def meta(self, avatar_id: str) -> dict | None:
-        """An avatar's metadata from memory or its meta.json, without loading its frames."""
+        """An avatar's metadata from memory or the backend, without loading its frames."""
         check_avatar_id(avatar_id)
-        with self._lock:
-            avatar = self._memory.get(avatar_id)
+        avatar, _ = self._cached_checked(avatar_id)
         if avatar is not None:
             return avatar.meta()
-        if not self.directory:
-            return None
-        try:
-            return _read_meta(self.directory / avatar_id / META_FILE)
-        except FileNotFoundError:
-            return None
+        return self.backend.meta(avatar_id) if self.backend is not None else None
 
     def get_or_create(
         self,
@@ -168,61 +112,122 @@ class AvatarStore:
         persist: bool,
         timings: MutableMapping[str, float] | None = None,
     ) -> tuple[Avatar, bool]:
-        """The avatar for these bytes and options, prepared at most once. -> (avatar, created)."""
+        """The avatar for these bytes and options, prepared at most once. -> (avatar, created).
+
+        `persist`: register it in the backend; `created` then says whether this call did
+        (else whether it prepared the avatar now). Without `persist` (a raw image) an
+        unreachable backend is skipped: the face is prepared here.
+        """
         avatar_id = avatar_id_for(data, options)
         with self._lock:
             creating = self._creating.setdefault(avatar_id, native_lock())
-        with creating:  # concurrent registrations of one file prepare it once
-            avatar = self.get(avatar_id)
-            created = avatar is None
-            if avatar is None:
-                with timed(timings, "decode_face"):
-                    frames, fps = self._decode(data)
-                avatar = Avatar(
-                    avatar_id=avatar_id,
-                    kind="image" if fps is None else "video",
-                    fps=fps,
-                    prepared=self._prepare(frames, options, timings),
-                    pads=options.pads,
-                    box=options.box,
-                    smooth=options.smooth,
-                    created=time.time(),
-                    quality=options.quality,
-                )
-                self._remember(avatar)
-            if persist and self.directory and not (self.directory / avatar_id).is_dir():
-                self._save(self.directory, avatar, data)
-        with self._lock:
-            self._creating.pop(avatar_id, None)
+        try:
+            with creating:  # concurrent requests for one file prepare it once per process
+                if persist:
+                    avatar, stored = self._find(avatar_id)
+                else:  # a raw image: never stored, so whether it is does not matter
+                    avatar, stored = (
+                        self._cached(avatar_id) or self._optional_load(avatar_id),
+                        False,
+                    )
+                created = avatar is None
+                if avatar is None:
+                    avatar = self._make(avatar_id, data, options, timings)
+                    self._remember(avatar)
+                if persist and self.backend is not None and not stored:
+                    created = self.backend.save(avatar, data)
+        finally:
+            with self._lock:
+                self._creating.pop(avatar_id, None)
         return avatar, created
 
     def list(self) -> list[dict]:
-        """Metadata of every stored avatar (disk and memory), newest first."""
-        with self._lock:
-            metas = {a.avatar_id: a.meta() for a in self._memory.values()}
-        if self.directory:
-            for meta_path in self.directory.glob(f"*/{META_FILE}"):
-                if AVATAR_ID_PATTERN.fullmatch(meta_path.parent.name):
-                    metas.setdefault(meta_path.parent.name, _read_meta(meta_path))
+        """Metadata of every stored avatar (backend, and memory unless it is shared),
+        newest first."""
+        metas = {}
+        if self.backend is None or not self.backend.shared:
+            with self._lock:
+                metas = {a.avatar_id: a.meta() for a in self._memory.values()}
+        if self.backend is not None:
+            for meta in self.backend.list():
+                metas.setdefault(meta["avatar_id"], meta)
         return sorted(metas.values(), key=lambda m: m["created_at"], reverse=True)
 
     def delete(self, avatar_id: str) -> bool:
-        """Forget an avatar in memory and on disk. -> whether it existed."""
+        """Forget an avatar in memory and in the backend. -> whether it existed."""
         check_avatar_id(avatar_id)
+        stored = self.backend.delete(avatar_id) if self.backend is not None else False
         with self._lock:
-            existed = self._memory.pop(avatar_id, None) is not None
-        if self.directory and (self.directory / avatar_id).is_dir():
-            trash = self.directory / f".trash-{avatar_id}-{os.getpid()}-{threading.get_ident()}"
-            try:
-                os.rename(self.directory / avatar_id, trash)  # atomic: readers see all or nothing
-            except FileNotFoundError:
-                pass  # deleted concurrently
-            else:
-                shutil.rmtree(trash, ignore_errors=True)
-                existed = True
-        return existed
+            cached = self._memory.pop(avatar_id, None) is not None
+        return stored or (cached and not (self.backend and self.backend.shared))
 
-    # -- memory ----------------------------------------------------------------------------
+    # -- memory and backend ----------------------------------------------------------------
+
+    def _find(self, avatar_id: str) -> tuple[Avatar | None, bool]:
+        """(the avatar or None, whether the backend has it)."""
+        avatar, stored = self._cached_checked(avatar_id)
+        if avatar is not None or self.backend is None:
+            return avatar, stored
+        avatar = self.backend.load(avatar_id)
+        if avatar is not None:
+            self._remember(avatar)
+        return avatar, avatar is not None
+
+    def _cached_checked(self, avatar_id: str) -> tuple[Avatar | None, bool]:
+        """(the cached avatar or None, whether the backend has it). The use is noted with
+        the backend; a shared backend that lost the avatar (deleted on another worker,
+        expired, evicted) makes the cached copy invalid. A local directory's is optional."""
+        avatar = self._cached(avatar_id)
+        if avatar is None or self.backend is None:
+            return avatar, False
+        stored = self.backend.touch(avatar_id)
+        if stored or not self.backend.shared:
+            return avatar, stored
+        with self._lock:
+            self._memory.pop(avatar_id, None)
+        return None, False
+
+    def _optional_load(self, avatar_id: str) -> Avatar | None:
+        """The backend's copy if it is reachable (a raw image can be prepared without it)."""
+        if self.backend is None or time.monotonic() < self._skip_backend_until:
+            return None
+        try:
+            avatar = self.backend.load(avatar_id)
+        except AvatarStoreUnavailableError as exc:
+            self._skip_backend_until = time.monotonic() + exc.retry_after
+            logger.warning("preparing the face here: %s", exc.message)
+            return None
+        if avatar is not None:
+            self._remember(avatar)
+        return avatar
+
+    def _cached(self, avatar_id: str) -> Avatar | None:
+        with self._lock:
+            avatar = self._memory.get(avatar_id)
+            if avatar is not None:
+                self._memory.move_to_end(avatar_id)
+            return avatar
+
+    def _make(
+        self,
+        avatar_id: str,
+        data: bytes,
+        options: RenderOptions,
+        timings: MutableMapping[str, float] | None,
+    ) -> Avatar:
+        with timed(timings, "decode_face"):
+            frames, fps = self._decode(data)
+        return Avatar(
+            avatar_id=avatar_id,
+            kind="image" if fps is None else "video",
+            fps=fps,
+            prepared=self._prepare(frames, options, timings),
+            pads=options.pads,
+            box=options.box,
+            smooth=options.smooth,
+            created=time.time(),
+            quality=options.quality,
+        )
 
     def _remember(self, avatar: Avatar) -> None:
         with self._lock:
@@ -232,52 +237,3 @@ class AvatarStore:
             while total > self.max_bytes and len(self._memory) > 1:
                 _, evicted = self._memory.popitem(last=False)
                 total -= evicted.nbytes
-
-    # -- disk ------------------------------------------------------------------------------
-
-    def _save(self, directory: Path, avatar: Avatar, data: bytes) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-        try:
-            (tmp / SOURCE_FILE).write_bytes(data)
-            np.save(tmp / BOXES_FILE, avatar.prepared.boxes)
-            np.save(tmp / CROPS_FILE, avatar.prepared.crops)
-            (tmp / META_FILE).write_text(json.dumps(avatar.meta()))
-            os.rename(tmp, directory / avatar.avatar_id)
-        except OSError:
-            if not (directory / avatar.avatar_id).is_dir():
-                raise
-            # Another process stored the same avatar first: identical content, keep theirs.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def _load(self, avatar_id: str) -> Avatar | None:
-        if not self.directory:
-            return None
-        folder = self.directory / avatar_id
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-            data = (folder / SOURCE_FILE).read_bytes()
-            boxes = np.load(folder / BOXES_FILE, allow_pickle=False)
-            crops = np.load(folder / CROPS_FILE, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        quality = meta.get("quality", STORED_QUALITY_BEFORE_MODES)
-        frames, fps = self._decode(data)
-        frames = fit_frames(frames, quality)
-        logger.info("loaded avatar %s from %s", avatar_id, folder)
-        return Avatar(
-            avatar_id=avatar_id,
-            kind=meta["kind"],
-            fps=fps,
-            prepared=PreparedFace(frames=frames, boxes=boxes, crops=crops),
-            pads=tuple(meta["pads"]),
-            box=tuple(meta["box"]) if meta["box"] else None,
-            smooth=meta["smooth"],
-            created=meta["created_at"],
-            quality=quality,
-        )
-
-
-def _read_meta(path: Path) -> dict:
-    """A stored avatar's meta.json (those stored before quality modes were 'original')."""
-    return {"quality": STORED_QUALITY_BEFORE_MODES, **json.loads(path.read_text())}

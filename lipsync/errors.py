@@ -67,6 +67,11 @@ class ErrorCode(enum.Enum):
     )
     MODEL_UNAVAILABLE = (503, "the requested model is not installed (the message says how)")
     MODELS_MISSING = (503, "`/health` only: a required model is not installed (`error.fix`)")
+    AVATAR_STORE_UNAVAILABLE = (
+        503,
+        "the shared avatar store (Redis) is down or too slow: retry after `Retry-After` "
+        "seconds (requests with an image or video instead of `avatar_id` still work)",
+    )
     # 504
     TIMEOUT = (504, "the generation ran over the configured time limit")
 
@@ -128,6 +133,16 @@ class NotFoundError(LipSyncError, LookupError):
     """Something named by the request does not exist (an avatar id)."""
 
     default_code = ErrorCode.AVATAR_NOT_FOUND
+
+
+class AvatarStoreUnavailableError(LipSyncError):
+    """The shared avatar store cannot be reached in time: retry after `retry_after` seconds."""
+
+    default_code = ErrorCode.AVATAR_STORE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UnauthorizedError(LipSyncError):

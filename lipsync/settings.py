@@ -43,6 +43,8 @@ POSITIVE_NUMBERS = (
     "max_audio_seconds",
     "max_video_seconds",
     "avatar_cache_mb",
+    "avatar_disk_budget_mb",
+    "avatar_store_timeout_s",
     "request_timeout_s",
     "stream_reader_timeout_s",
     "realtime_max_session_s",
@@ -66,6 +68,11 @@ CHOICES = {
     "log_level": LOG_LEVELS,
     "worker_class": WORKER_CLASSES,
 }
+# The avatar store (LIPSYNC_AVATAR_STORE): the local directory, or Redis at a URL of these
+# schemes; unused avatars expire after LIPSYNC_AVATAR_TTL_S (0: never).
+LOCAL_AVATAR_STORE = "local"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+STORE_NON_NEGATIVE = ("avatar_ttl_s",)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,16 @@ class Settings:
     # Prepared avatars: on disk here (None: memory only), and at most this much in memory.
     avatar_dir: Path | None = PROJECT_DIR / ".cache" / "avatars"
     avatar_cache_mb: float = 1024.0
+    # Where registered avatars live: "local" (avatar_dir, this machine) or a Redis URL
+    # (redis://host:port/db, rediss://, unix://) shared by every worker and machine. A URL
+    # may hold a password: never printed.
+    avatar_store: str = field(default="local", repr=False)
+    # avatar_dir's budget on disk: the least recently used avatars leave first.
+    avatar_disk_budget_mb: float = 2048.0
+    # Redis: an avatar unused this long expires (0: never; Redis's maxmemory-policy evicts),
+    # every use restarts the clock; one Redis call's connect/read timeout (seconds).
+    avatar_ttl_s: int = 0
+    avatar_store_timeout_s: float = 1.0
     # A video frame without a face: 422 naming it (false) or use the nearest frame's box.
     fill_missing_faces: bool = False
     min_audio_sample_rate: int = 8000
@@ -200,13 +217,20 @@ def _problem(name: str, value: Any) -> str | None:
         return f"must be >= 1, got {value}"
     if name in POSITIVE_NUMBERS and not value > 0:
         return f"must be > 0, got {value}"
-    if name in NON_NEGATIVE and value < 0:
+    if name in (*NON_NEGATIVE, *STORE_NON_NEGATIVE) and value < 0:
         return f"must be >= 0, got {value}"
     if name in CHOICES and value not in CHOICES[name]:
         return f"must be one of {CHOICES[name]}, got {value!r}"
+    if name == "avatar_store" and not is_avatar_store(value):
+        return f"must be {LOCAL_AVATAR_STORE!r} or a URL starting with {' or '.join(REDIS_SCHEMES)}"
     if name == "port" and not 1 <= value <= 65535:
         return f"must be between 1 and 65535, got {value}"
     return None
+
+
+def is_avatar_store(value: str) -> bool:
+    """'local' or a Redis URL (LIPSYNC_AVATAR_STORE)."""
+    return value == LOCAL_AVATAR_STORE or value.startswith(REDIS_SCHEMES)
 
 
 def env_name(f: dataclasses.Field) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from helpers import ASSETS, CONVERTER_SOURCES, ROOT, SEED, LiveServer, start_server, stop_server
 
+from tools.redis_server import RedisServer
+
 # Fixtures that need converted models: a test using any of them (directly or through another
 # fixture) is marked slow, so `pytest -m "not slow"` runs without converting anything.
 MODEL_FIXTURES = frozenset({"untrained_models", "blind_models"})
@@ -112,3 +114,22 @@ def live_server(untrained_models, tmp_path_factory) -> LiveServer:
     server = start_server(untrained_models, tmp_path_factory.mktemp("live"))
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """A real redis-server on loopback (tools/redis_server.py): `.url`, `.stop()`, `.start()`
+    (same port and URL), `.flush()`. Tests that stop it start it again; use `redis_url` for
+    a running, empty one."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, running (a test before may have stopped it) and empty."""
+    redis_server.start()
+    redis_server.flush()
+    return redis_server.url

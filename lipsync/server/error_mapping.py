@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from face_detection import FaceNotDetectedError
 from inference_engine import ModelNotFoundError
-from lipsync.errors import ErrorCode, LipSyncError
+from lipsync.errors import AvatarStoreUnavailableError, ErrorCode, LipSyncError
 from lipsync.server import observability as obs
 from lipsync.server.admission import OverloadedError
 
@@ -47,7 +47,7 @@ def domain_error(exc: LipSyncError) -> tuple[Response, int]:
         message = f"{message}{FACE_HINT}"
     code = exc.code
     response, status = error_response(code.status, code.code, message, exc.field)
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | AvatarStoreUnavailableError):
         response.headers["Retry-After"] = str(exc.retry_after)
     if status in REJECTED_STATUSES and code is not ErrorCode.MODEL_UNAVAILABLE:
         obs.REJECTED.labels(code.code).inc()

@@ -14,7 +14,7 @@ from flask import Response, current_app, g, request
 
 from inference_engine import Wav2LipInferenceEngine
 from lipsync import generation
-from lipsync.avatars import AvatarStore
+from lipsync.avatars import AvatarStore, open_store
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
@@ -49,9 +49,8 @@ class Service:
         with self._lock:
             if self._store is None:
                 s = self.settings
-                self._store = AvatarStore(
-                    s.avatar_dir,
-                    int(s.avatar_cache_mb * 1024 * 1024),
+                self._store = open_store(
+                    s,
                     decode=lambda data: generation.decode_face(data, s),
                     prepare=lambda frames, options, timings: self.engine.prepare_face(
                         frames, options, timings=timings

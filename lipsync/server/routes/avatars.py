@@ -1,4 +1,7 @@
-"""Avatars: faces registered once (detection runs then), reused by id."""
+"""Avatars: faces registered once (detection runs then), reused by id.
+
+With a shared store (Redis) every route here may answer `503 avatar_store_unavailable`
+(with Retry-After) while Redis cannot be reached."""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _register(store: AvatarStore, face: bytes, options: RenderOptions) -> tuple[
 @avatars.get(
     "/api/avatars",
     **operation("listAvatars", "Every stored avatar, newest first", "avatars"),
-    responses={"200": ok("The avatars.", AvatarList), **errors(500)},
+    responses={"200": ok("The avatars.", AvatarList), **errors(500, 503)},
 )
 def list_avatars():
     return jsonify({"avatars": service().store.list()})
@@ -72,7 +75,7 @@ def list_avatars():
 @avatars.get(
     "/api/avatars/<avatar_id>",
     **operation("getAvatar", "One avatar's metadata", "avatars"),
-    responses={"200": ok("The avatar.", AvatarModel), **errors(400, 404, 500)},
+    responses={"200": ok("The avatar.", AvatarModel), **errors(400, 404, 500, 503)},
 )
 def get_avatar(path: AvatarPath):
     meta = service().store.meta(path.avatar_id)  # metadata only: no frames decoded
@@ -83,8 +86,8 @@ def get_avatar(path: AvatarPath):
 
 @avatars.delete(
     "/api/avatars/<avatar_id>",
-    **operation("deleteAvatar", "Forget an avatar (memory and disk)", "avatars"),
-    responses={"200": ok("Deleted.", Deleted), **errors(400, 404, 500)},
+    **operation("deleteAvatar", "Forget an avatar (memory and the avatar store)", "avatars"),
+    responses={"200": ok("Deleted.", Deleted), **errors(400, 404, 500, 503)},
 )
 def delete_avatar(path: AvatarPath):
     if not service().store.delete(path.avatar_id):
