@@ -156,7 +156,7 @@ def cluster_pids(cluster: LocalRayCluster) -> set[int]:
     return pids
 
 
-def stop_cluster(cluster: LocalRayCluster, grace_s: float = 20) -> None:
+def stop_cluster(cluster: LocalRayCluster, grace_s: float = 10) -> None:
     """Stop this cluster's processes (SIGTERM, then SIGKILL after `grace_s`), by their ids,
     and remove its session directory."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
