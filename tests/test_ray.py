@@ -50,6 +50,9 @@ def cluster(untrained_models, redis_server, tmp_path_factory):
         LIPSYNC_AVATAR_STORE=redis_server.url,
         LIPSYNC_AVATAR_DIR="none",  # nothing shared through this host's disk
         LIPSYNC_LOG_LEVEL="warning",
+        # How often replicas and proxies report their ongoing requests to the autoscaler.
+        RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S="0.5",
+        RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S="0.5",
     )
     try:
         local_ray.deploy(
@@ -61,8 +64,7 @@ def cluster(untrained_models, redis_server, tmp_path_factory):
             max_replicas=2,
             upscale_delay_s=1,
             downscale_delay_s=5,
-            metrics_interval_s=0.5,
-            look_back_period_s=2,
+            look_back_period_s=11,  # > the autoscaler's 10 s metrics interval
             settings={"max_concurrent": 1, "max_queue": 2, "retry_after_s": 1},
         )
         yield cluster

@@ -63,8 +63,8 @@ class ScaleOptions(BaseModel):
     max_replicas: int = Field(4, ge=1)
     upscale_delay_s: float = Field(10.0, ge=0)
     downscale_delay_s: float = Field(120.0, ge=0)
-    metrics_interval_s: float = Field(2.0, gt=0)
-    look_back_period_s: float = Field(10.0, gt=0)
+    # Ongoing requests are averaged over this window; longer than Serve's 10 s metrics interval.
+    look_back_period_s: float = Field(30.0, gt=10)
     # Requests waiting in each Serve proxy for a replica; beyond: Serve's 503.
     max_queued_requests: int = Field(64, ge=1)
     # Settings of every replica (field names of lipsync.settings.Settings), over LIPSYNC_*.
@@ -95,7 +95,6 @@ def deployment_options(settings: Settings, scale: ScaleOptions) -> dict[str, Any
             "target_ongoing_requests": settings.max_concurrent,
             "upscale_delay_s": scale.upscale_delay_s,
             "downscale_delay_s": scale.downscale_delay_s,
-            "metrics_interval_s": scale.metrics_interval_s,
             "look_back_period_s": scale.look_back_period_s,
         },
         "health_check_period_s": 10,
