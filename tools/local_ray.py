@@ -124,8 +124,9 @@ def serve_config(http_port: int, **args: Any) -> dict:
 
 def deploy(cluster: LocalRayCluster, timeout_s: float = 300, **args: Any) -> str:
     """Deploy the application with `serve run` (non-blocking) and wait until it answers
-    `/health/ready`; returns its URL."""
-    http_port = free_port()
+    `/health/ready`; returns its URL. Deploying again updates the application (Serve keeps
+    the HTTP port it started with)."""
+    http_port = int(cluster.url.rsplit(":", 1)[1]) if cluster.url else free_port()
     path = cluster.work_dir / "serve_config.yaml"
     path.write_text(yaml.safe_dump(serve_config(http_port, **args)))
     command = [str(BIN / "serve"), "run", "--non-blocking", f"--address={cluster.address}"]
