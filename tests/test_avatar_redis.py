@@ -8,6 +8,7 @@ test_avatar_lru (OpenCV decode, a fixed box), so no model runs.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -63,6 +64,25 @@ def test_registration_is_set_if_absent(redis_url):
     assert results == [(avatar_id, False)] * 3
     assert client.get(KEY_PREFIX + avatar_id) == blob  # never overwritten
     assert client.dbsize() == 1
+
+
+def test_concurrent_registrations_on_several_workers_store_once(redis_url):
+    workers = [worker(redis_url) for _ in range(4)]
+    barrier = threading.Barrier(len(workers))
+    results = []
+
+    def run(store: AvatarStore) -> None:
+        barrier.wait()
+        results.append(register(store, 7))
+
+    threads = [threading.Thread(target=run, args=(store,)) for store in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({avatar_id for avatar_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert redis.Redis.from_url(redis_url).dbsize() == 1
 
 
 def test_memory_is_a_read_through_cache(redis_url):
