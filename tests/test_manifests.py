@@ -28,9 +28,6 @@ from lipsync.server.ray_serve import (
 )
 from lipsync.settings import Settings
 
-# Ray Serve's own pydantic models use deprecated Field arguments.
-pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")
-
 K8S = ROOT / "deploy" / "k8s"
 SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve_config.yaml"
 KUBERNETES_VERSION = "1.37.0"
@@ -129,6 +126,8 @@ def test_worker_pods_are_sized_for_one_replica_and_scale_with_serve(rayservice, 
     scale = ScaleOptions.model_validate(app_config["args"])
     cluster = rayservice["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # CRD: string map
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no replica there
     (workers,) = cluster["workerGroupSpecs"]
     assert float(workers["rayStartParams"]["num-cpus"]) == scale.num_cpus

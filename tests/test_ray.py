@@ -23,9 +23,6 @@ from helpers import ASSETS, FACE_BOX, b64, decode, wav_bytes
 
 from tools import local_ray
 
-# Ray Serve's own pydantic models use deprecated Field arguments.
-pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")
-
 SPEECH_2S = wav_bytes(2.0)
 FACE = (ASSETS / "face.jpg").read_bytes()
 # Generous: two replicas and four other agents share two cores.
