@@ -122,6 +122,18 @@ def test_a_streamed_reply_streams_through_the_proxy(cluster):
     assert arrivals[0] < arrivals[-1] - 0.3, arrivals
 
 
+def test_a_client_that_hangs_up_stops_its_generation(cluster):
+    """A whole-file generation of 20 s of speech whose client leaves after 3 s stops at its
+    next frame batch (counted as 499) instead of running to its end."""
+    body = {"image": b64(FACE), "box": list(FACE_BOX), "audio": b64(wav_bytes(20.0))}
+    with pytest.raises(requests.Timeout):
+        requests.post(cluster.url + "/api/generate", json=body, timeout=3)
+    stopped = 'lipsync_requests_total{method="POST",route="/api/generate",status="499"}'
+    wait_for(
+        lambda: stopped in requests.get(cluster.url + "/metrics", timeout=60).text, 120, stopped
+    )
+
+
 def test_a_websocket_session_is_refused_with_a_reason(cluster):
     ws = websocket.create_connection(cluster.url.replace("http", "ws") + "/api/stream", timeout=60)
     try:

@@ -6,13 +6,16 @@ app whole (or refused by its limit), WebSockets are refused with a reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+import time
 
 import pytest
 
 from app import create_app
-from lipsync.server.asgi_bridge import WEBSOCKET_REFUSED, WsgiOnAsgi
+from lipsync.server.admission import ClientDisconnectedError, Deadline
+from lipsync.server.asgi_bridge import CONNECTION_KEY, WEBSOCKET_REFUSED, WsgiOnAsgi
 
 WAIT_S = 30
 
@@ -89,6 +92,43 @@ def test_a_client_that_goes_closes_the_body():
     with pytest.raises(OSError):
         asyncio.run(bridge(app)(scope(), receiver(), send))
     assert closed.wait(WAIT_S)
+
+
+def test_a_hang_up_during_a_whole_file_generation_stops_it():
+    """The generation's Deadline (as the route makes it) sees the client go between
+    batches when the host cancels the call (as Serve does when a client disconnects)."""
+    stopped = threading.Event()
+
+    def app(environ, start_response):
+        deadline = Deadline(WAIT_S, environ.get(CONNECTION_KEY))
+        try:
+            while True:  # frame batches
+                deadline.check()
+                time.sleep(0.02)
+        except ClientDisconnectedError:
+            stopped.set()
+        start_response("200 OK", [])
+        return [b""]
+
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        pass
+
+    async def client():
+        call = asyncio.ensure_future(bridge(app)(scope("POST"), receive, send))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(call, WAIT_S)
+
+    asyncio.run(client())
+    assert stopped.wait(WAIT_S)
 
 
 def test_a_failure_after_the_first_byte_propagates_without_the_last_chunk():

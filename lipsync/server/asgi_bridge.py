@@ -8,11 +8,13 @@ keeps streaming: its first bytes leave while the generation runs. When the clien
 (the ASGI call is cancelled or `send` fails), the thread stops at its next chunk and closes
 the body, which stops a streamed generation and frees its slot. A failure after the first
 byte propagates, so the host drops the connection without the final chunk (a truncated
-transfer, as under gunicorn). WebSocket connections are accepted and closed at once with
+transfer, as under gunicorn). A client hanging up during a whole-file generation is seen
+as under gunicorn: the app finds a socket under `CONNECTION_KEY` (gunicorn's name for the
+client's socket, which the generation's `Deadline` polls between frame batches); here it is
+one end of a socket pair whose other end the bridge closes when the ASGI call ends
+(Serve cancels it when the client goes), so the generation stops at its next batch and
+frees its slot. WebSocket connections are accepted and closed at once with
 `WEBSOCKET_REFUSED` and a reason: real-time sessions need the gunicorn deployment.
-
-Not here (the gunicorn deployment has them): a client hanging up during a whole-file
-generation is not noticed (the generation runs to its end or `LIPSYNC_REQUEST_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -34,6 +37,8 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 # Close code and reason of a WebSocket refused by this bridge (RFC 6455: policy violation).
 WEBSOCKET_REFUSED = 1008
+# Where the app looks for the client's connection to notice a hang-up (gunicorn's key).
+CONNECTION_KEY = "gunicorn.socket"
 # How often a thread blocked on a full queue checks whether its client is gone (seconds).
 ABANDON_POLL_S = 0.5
 
@@ -100,6 +105,8 @@ class WsgiOnAsgi:
             body = await read_body(receive, self.max_body_bytes + 1)
             declared = len(body)
         environ = wsgi_environ(scope, body, declared)
+        connection, hang_up = socket.socketpair()  # closing `hang_up`: the client has gone
+        environ[CONNECTION_KEY] = connection
         exchange = Exchange(asyncio.get_running_loop(), self.buffer_chunks, self.headers)
         done = asyncio.get_running_loop().run_in_executor(
             self.executor, exchange.run, self.app, environ
@@ -107,9 +114,11 @@ class WsgiOnAsgi:
         try:
             while (message := await exchange.next()) is not None:
                 await send(message)
+            await done
         finally:
             exchange.abandon()  # the thread stops at its next chunk if it is still running
-        await done
+            hang_up.close()  # and a generation still running stops at its next batch
+            done.add_done_callback(lambda _: connection.close())
 
 
 async def read_body(receive: Callable, limit: int) -> bytes:
