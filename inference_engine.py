@@ -92,13 +92,14 @@ class Wav2LipInferenceEngine:
         *,
         cache_dir: str | Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        inference_threads: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.models_dir = Path(models_dir)
         self.device = device
         self.batch_size = batch_size
-        self.core: ov.Core = make_core(cache_dir)
+        self.core: ov.Core = make_core(cache_dir, inference_threads)
         self.precision = resolve_precision(self.core, device, precision)
         quantized = ".int8" if self.precision == "int8" else ""
         self._generators = {

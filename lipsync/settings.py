@@ -51,7 +51,14 @@ POSITIVE_NUMBERS = (
     "realtime_idle_timeout_s",
     "realtime_stall_timeout_s",
 )
-NON_NEGATIVE = ("max_queue", "max_queue_wait_s", "retry_after_s", "graceful_timeout", "keepalive_s")
+NON_NEGATIVE = (
+    "inference_threads",
+    "max_queue",
+    "max_queue_wait_s",
+    "retry_after_s",
+    "graceful_timeout",
+    "keepalive_s",
+)
 # Fields whose value is one of a few names.
 WORKER_CLASSES = ("gevent", "gthread")
 CHOICES = {
@@ -78,6 +85,9 @@ class Settings:
     # OpenVINO compiled-model cache: a restarted worker loads blobs instead of recompiling.
     cache_dir: Path | None = PROJECT_DIR / ".cache" / "openvino"
     batch_size: int = 16
+    # OpenVINO CPU threads per inference; 0: OpenVINO's default (every core). The Ray Serve
+    # deployment sets it to the CPUs of its replica (lipsync/server/ray_serve.py).
+    inference_threads: int = 0
     compile_on_start: bool = True
     default_format: str = "webm"
     # Output size (standard: within 1280x720) and paste-back of requests that do not say.

@@ -9,7 +9,7 @@ from helpers import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$")
+PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[a-z0-9,-]+\])?==[A-Za-z0-9.+!-]+$")
 
 
 def requirement_lines(name: str) -> list[str]:
@@ -43,6 +43,7 @@ def test_the_extras_and_their_files():
         None: ["requirements.txt"],
         "conversion": ["requirements-conversion.txt"],
         "dev": ["requirements-dev.txt"],
+        "ray": ["requirements-ray.txt"],
     }
     assert PYPROJECT["project"]["dynamic"] == ["dependencies", "optional-dependencies"]
     assert "dependencies" not in PYPROJECT["project"]  # no second list of pins
@@ -55,7 +56,7 @@ def test_requirement_files_hold_exact_pins_each_once():
         for file in group:
             for line in requirement_lines(file):
                 assert PIN.fullmatch(line), f"{file}: {line!r} is not name==version"
-                name = line.split("==")[0].lower().replace("_", "-")
+                name = line.split("==")[0].split("[")[0].lower().replace("_", "-")
                 assert name not in names, f"{name} pinned in {names.get(name)} and {file}"
                 names[name] = file
     assert names["torch"] == "requirements-conversion.txt"

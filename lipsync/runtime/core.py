@@ -46,12 +46,16 @@ def float_precision(core: ov.Core, device: str, precision: str) -> str:
     return precision
 
 
-def make_core(cache_dir: str | Path | None = None) -> ov.Core:
-    """An OpenVINO core; with `cache_dir`, compiled blobs are cached there across restarts."""
+def make_core(cache_dir: str | Path | None = None, inference_threads: int = 0) -> ov.Core:
+    """An OpenVINO core; with `cache_dir`, compiled blobs are cached there across restarts.
+    `inference_threads` > 0 caps the CPU plugin's threads per inference (0: OpenVINO's
+    default, every core of the machine), e.g. to the CPUs a Ray replica was given."""
     core = ov.Core()
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         core.set_property({"CACHE_DIR": str(cache_dir)})
+    if inference_threads > 0:
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": inference_threads})
     return core
 
 

@@ -70,6 +70,7 @@ class Service:
                     s.precision,
                     cache_dir=s.cache_dir,
                     batch_size=s.batch_size,
+                    inference_threads=s.inference_threads,
                 )
             return self._engine
 
