@@ -142,7 +142,7 @@ def test_idle_frames_come_at_fps_until_speech_takes_over(server, avatar_id, spee
     assert {m[0] for m in idle} == {p.FRAME_TYPE_IDLE_JPEG}
     assert [m[1] for m in idle] == list(range(25))
     assert all(m[3] == own for m in idle)
-    assert 0.6 < elapsed < 2.0, elapsed  # ~25 fps (1 s), on a busy machine
+    assert 0.6 < elapsed < 3.0, elapsed  # ~25 fps (1 s), never faster; slower when busy
     send_chunks(ws, speech[: int(0.5 * 16000)])
     ws.send(json.dumps({"type": "flush"}))
     kinds = [(m[0], m[1]) for m in binary_until(ws, "flushed")]

@@ -58,7 +58,8 @@ class _Documented:
             **operation("stream", "Real-time lip-sync session (WebSocket upgrade)", "realtime"),
             description="Upgrade to a WebSocket lip-sync session; the messages are described "
             "by GET /api/stream/protocol.json. Refused before the upgrade: a request that is "
-            "not a WebSocket upgrade (400), an API key missing or wrong (401), a browser "
+            "not a WebSocket upgrade (400), an API key missing or wrong (401; a browser offers "
+            "it as the subprotocol `lipsync-key.<key>` next to `lipsync`), a browser "
             "Origin not allowed (403), no session left (503 + Retry-After).",
             responses={
                 "101": {"description": "Switching protocols: the session begins"},

@@ -186,7 +186,8 @@ class Session:
             self._audio_ready.set()
             self.writer.stop()
         self.writer.close(self._closing or SessionClosed(p.CLOSE_NORMAL, ""))
-        run_in_thread(self._output.close)
+        with self._producing:  # never while a render or an idle frame uses the encoder
+            run_in_thread(self._output.close)
 
     def _check_limits(self, now: float, started: float, last_heard: float) -> None:
         s = self.settings
