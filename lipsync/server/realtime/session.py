@@ -280,7 +280,7 @@ class Session:
 
     def _end_utterance(self, live: LiveLipSync) -> None:
         """The next frames continue a video avatar's loop (idle mode) after this one."""
-        if self.start.idle:
+        if self.start.idle and live.num_frames:
             self._timeline.position = live.first_frame + live.num_frames
         self._output.utterance_end()
 
