@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Generator, MutableMapping, Sequence
+from collections.abc import Callable, Generator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, Render
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
 from lipsync.runtime.wav2lip import (
     FACE_SIZE,
-    PendingBatch,
+    Pending,
     Wav2LipGenerator,
     face_input,
 )
@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 DETECTOR_NAME = "face_detection"
 DEFAULT_BATCH_SIZE = 16
+# Starts the batch of mel windows (B, 80, 16) for the prepared frames idx (B,).
+BatchStart = Callable[[np.ndarray, np.ndarray], Pending]
 
 
 class ModelNotFoundError(LipSyncError, FileNotFoundError):
@@ -69,7 +71,7 @@ class _Batch:
     """Frames `idx` (source indices) of one output batch; `active` positions are generated,
     with the generated share `share` per position; `batch` is None when none is."""
 
-    batch: PendingBatch | None
+    batch: Pending | None
     idx: np.ndarray
     share: np.ndarray
     active: np.ndarray
@@ -267,6 +269,30 @@ class Wav2LipInferenceEngine:
         ]
         return np.concatenate(parts) if parts else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
+    def batch_starter(
+        self,
+        prepared: PreparedFace,
+        model: str = "wav2lip",
+        timings: MutableMapping[str, float] | None = None,
+    ) -> BatchStart:
+        """`start(mels, idx)` -> the pending mouths of mel windows (B, 80, 16) for the
+        prepared frames `idx` (B,): an image's face goes through the face encoder here,
+        once, and each batch only through the decoder; video frames through the whole
+        network."""
+        generator = self.generator(model)
+        if prepared.num_frames == 1:
+            with timed(timings, "infer"):
+                features = generator.encode_face(prepared.inputs)
+
+            def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
+                return generator.start_with_face(mels, features)
+        else:
+
+            def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
+                return generator.start(mels, prepared.inputs[idx])
+
+        return start
+
     def iter_frames(
         self,
         prepared: PreparedFace,
@@ -278,6 +304,7 @@ class Wav2LipInferenceEngine:
         weights: np.ndarray | None = None,
         first_batch: int | None = None,
         first_frame: int = 0,
+        start: BatchStart | None = None,
     ) -> Generator[np.ndarray, None, None]:
         """Yield output frames batch by batch: (k, H, W, 3) uint8 BGR, k <= batch_size
         (or first_batch for the first).
@@ -290,24 +317,16 @@ class Wav2LipInferenceEngine:
         stream show its first frames sooner.
         first_frame: the output index of the first window, when speech arrives in parts
         (`lipsync.live`): a video avatar's frames continue where the last part stopped.
+        start: how batches are started (default `batch_starter(prepared, model)`); a caller
+        rendering many parts of one face passes its own to encode the face once.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
         goes through the face encoder once ("infer" in `timings`), video frames through
         the whole network.
         """
-        generator = self.generator(model)
-        if prepared.num_frames == 1:
-            with timed(timings, "infer"):
-                features = generator.encode_face(prepared.inputs)
-
-            def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
-                return generator.start_with_face(mels, features)
-        else:
-
-            def start(mels: np.ndarray, idx: np.ndarray) -> PendingBatch:
-                return generator.start(mels, prepared.inputs[idx])
-
+        if start is None:
+            start = self.batch_starter(prepared, model, timings)
         order = frame_order(first_frame + len(mel_windows), prepared.num_frames)[first_frame:]
         if weights is None:
             weights = np.ones(len(order), np.float32)

@@ -1,16 +1,22 @@
 """Real-time sessions through the real server: per-frame latency, frame rate, drops.
 
-    python -m bench.realtime [--models-dir DIR] [--clients 1 2] [--seconds 10]
-                             [--quality 85] [--out bench/results/realtime.json]
+    python -m bench.realtime [--models-dir DIR] [--clients 1 2 3 4] [--seconds 30]
+                             [--precisions bf16 int8] [--quality 85]
+                             [--out bench/results/realtime.json]
 
-Starts gunicorn on loopback (untrained random-init models when none are given: speed is the
-same, mouths are meaningless), registers test_assets/face.jpg once, then for each N in
-`--clients` opens N /api/stream sessions at once, each sending test_assets/speech.wav
-(looped) as 40 ms PCM chunks paced in real time for `--seconds`, then `flush`. A frame's
-latency runs from the send of the chunk that completes its mel window (frame i needs the
-audio up to i/fps + 212.5 ms at 16 kHz: lipsync/live.py) to the frame's arrival; the
-flushed tail is left out. Reports p50/p95/max latency, frames received per second per
-session, and frames dropped. Run it from the project root.
+Per precision, starts gunicorn on loopback (untrained random-init models when none are
+given, with their INT8 copy made once by tools/quantize_int8.py: speed is the same, mouths
+are meaningless), registers test_assets/face.jpg once, then for each N in `--clients`
+opens N /api/stream sessions at once, each sending test_assets/speech.wav (looped) as
+40 ms PCM chunks paced in real time for `--seconds` (chunk k leaves when its last sample
+is due, as from a microphone), then `flush`. Latencies per frame, the flushed tail left
+out: `latency_ms` from the send of the chunk that completes the frame's mel window (frame
+i needs the audio up to i/fps + 212.5 ms at 16 kHz: lipsync/live.py) to the frame's
+arrival, i.e. what the server and the network add; `from_frame_start_ms` from the frame's
+own start in the speech (i/fps after the speech began) to its arrival, the delay a viewer
+sees (its floor: the 212.5 ms window rounded up to whole 40 ms chunks, 240 ms). Also
+frames received per second per session, frames dropped, the load average around each
+run. Run it from the project root.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import argparse
 import base64
 import json
 import math
+import os
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +38,7 @@ import websocket
 
 import audio
 from bench.load import models_dir
+from bench.models import usable_precisions
 from lipsync.server.realtime import protocol as p
 from tools import local_server
 
@@ -50,6 +59,7 @@ def completing_chunk(index: int) -> int:
 
 
 def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, quality: int) -> dict:
+    """One paced session: its latencies (s), frame rate and drops."""
     ws = websocket.create_connection(url, timeout=120)
     ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"quality": quality}}))
     assert json.loads(ws.recv())["type"] == "ready"
@@ -76,7 +86,7 @@ def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, qualit
     chunks = int(seconds * RATE / CHUNK)
     start = time.perf_counter()
     for k in range(chunks):
-        time.sleep(max(start + k * CHUNK / RATE - time.perf_counter(), 0))
+        time.sleep(max(start + (k + 1) * CHUNK / RATE - time.perf_counter(), 0))
         offset = (k * CHUNK) % (len(pcm) - CHUNK)
         sent_at.append(time.perf_counter())
         ws.send_binary(pcm[offset : offset + CHUNK].tobytes())
@@ -84,14 +94,15 @@ def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, qualit
     ws.send(json.dumps({"type": "flush"}))
     reader.join(120)
     ws.close()
-    latencies = [
-        arrivals[i] - sent_at[completing_chunk(i)]
+    live = [
+        i
         for i in arrivals
         if completing_chunk(i) < len(sent_at) and arrivals[i] <= streamed_until + 1.0
     ]
     live_frames = sum(1 for t in arrivals.values() if t <= streamed_until)
     return {
-        "latencies": latencies,
+        "latencies": [arrivals[i] - sent_at[completing_chunk(i)] for i in live],
+        "from_start": [arrivals[i] - (start + i / FPS) for i in live],
         "fps": live_frames / (streamed_until - start),
         "frames": len(arrivals),
         "dropped": state["dropped"],
@@ -110,36 +121,37 @@ def measure(url: str, avatar_id: str, pcm: np.ndarray, clients: int, seconds: fl
         thread.start()
     for thread in threads:
         thread.join()
-    latencies = np.array([x for r in results for x in r["latencies"]]) * 1000
     return {
         "clients": clients,
-        "latency_ms": {
-            "p50": round(float(np.percentile(latencies, 50)), 1),
-            "p95": round(float(np.percentile(latencies, 95)), 1),
-            "max": round(float(latencies.max()), 1),
-        },
+        "latency_ms": percentiles([x for r in results for x in r["latencies"]]),
+        "from_frame_start_ms": percentiles([x for r in results for x in r["from_start"]]),
         "fps_per_session": [round(r["fps"], 2) for r in results],
         "frames_received": [r["frames"] for r in results],
         "frames_dropped": [r["dropped"] for r in results],
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--quality", type=int, default=85)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "realtime.json"))
-    args = parser.parse_args(argv)
-    wav, rate = audio.read_audio((ROOT / "test_assets" / "speech.wav").read_bytes())
-    if rate != RATE:
-        parser.error(f"test_assets/speech.wav is {rate} Hz, expected {RATE}")
-    pcm = (np.clip(wav, -1, 1 - 1 / 32768) * 32768).astype("<i2")
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    values = np.array(seconds) * 1000
+    return {
+        "p50": round(float(np.percentile(values, 50)), 1),
+        "p95": round(float(np.percentile(values, 95)), 1),
+        "max": round(float(values.max()), 1),
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average (the machine is shared: say how busy it was)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def run_precision(models: Path, precision: str, pcm: np.ndarray, args) -> list[dict]:
+    """Every N of --clients against one server at `precision`."""
     with tempfile.TemporaryDirectory(prefix="lipsync-realtime-bench-") as work:
         server = local_server.start_server(
-            models_dir(args.models_dir),
+            models,
             Path(work),
+            LIPSYNC_PRECISION=precision,
             LIPSYNC_REALTIME_MAX_SESSIONS=str(max(args.clients)),
         )
         try:
@@ -153,20 +165,54 @@ def main(argv: list[str] | None = None) -> int:
             avatar_id = registered.json()["avatar_id"]
             url = server.url.replace("http://", "ws://") + "/api/stream"
             measure(url, avatar_id, pcm, 1, 2.0, args.quality)  # warm-up
-            results = [
-                measure(url, avatar_id, pcm, n, args.seconds, args.quality) for n in args.clients
-            ]
+            runs = []
+            for n in args.clients:
+                before = load_average()
+                run = measure(url, avatar_id, pcm, n, args.seconds, args.quality)
+                runs.append({"precision": precision, **run, "load_before": before})
+                runs[-1]["load_after"] = load_average()
+                print(summary(runs[-1]), flush=True)
+            return runs
         finally:
             local_server.stop_server(server)
-    report = {"seconds": args.seconds, "quality": args.quality, "runs": results}
+
+
+def summary(run: dict) -> str:
+    lat, e2e = run["latency_ms"], run["from_frame_start_ms"]
+    return (
+        f"{run['precision']} {run['clients']} client(s): latency p50/p95/max "
+        f"{lat['p50']}/{lat['p95']}/{lat['max']} ms (from frame start {e2e['p50']}/"
+        f"{e2e['p95']}/{e2e['max']} ms); fps {run['fps_per_session']}; dropped "
+        f"{run['frames_dropped']}; load {run['load_before']} -> {run['load_after']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--quality", type=int, default=85)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "realtime.json"))
+    args = parser.parse_args(argv)
+    wav, rate = audio.read_audio((ROOT / "test_assets" / "speech.wav").read_bytes())
+    if rate != RATE:
+        parser.error(f"test_assets/speech.wav is {rate} Hz, expected {RATE}")
+    pcm = (np.clip(wav, -1, 1 - 1 / 32768) * 32768).astype("<i2")
+    models = models_dir(args.models_dir)
+    precisions, skipped = usable_precisions(args.precisions, models)
+    runs = [run for precision in precisions for run in run_precision(models, precision, pcm, args)]
+    report = {
+        "seconds": args.seconds,
+        "quality": args.quality,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "skipped": skipped,
+        "runs": runs,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    for r in results:
-        print(
-            f"{r['clients']} client(s): latency p50 {r['latency_ms']['p50']} ms, p95 "
-            f"{r['latency_ms']['p95']} ms, max {r['latency_ms']['max']} ms; fps "
-            f"{r['fps_per_session']}; dropped {r['frames_dropped']}"
-        )
     return 0
 
 

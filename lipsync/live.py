@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import audio
-from inference_engine import Wav2LipInferenceEngine
+from inference_engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.audio_stream import SpeechStream
 from lipsync.errors import AudioError, ErrorCode
 from lipsync.faces import PreparedFace
@@ -33,6 +33,12 @@ class LiveLipSync:
     `options.silence_gate`, a frame whose window is silent (`audio.silent_windows`) is the
     avatar's own, made without inference; the switch is hard, as the offline gate's
     cross-fade needs frames ahead of the one being made.
+
+    `start`: the engine's `batch_starter` for this face, shared by the utterances of one
+    speaker so an image's face is encoded once (default: made here). `first_frame`: the
+    avatar frame (a video avatar's forward/backward loop position) the first output frame
+    shows; 0, as offline, unless the caller continues a loop (set it before the first
+    frame is made).
     """
 
     def __init__(
@@ -41,11 +47,14 @@ class LiveLipSync:
         prepared: PreparedFace,
         options: RenderOptions,
         sample_rate: int,
+        start: BatchStart | None = None,
     ) -> None:
         self._engine = engine
         self._prepared = prepared
         self._options = options
         self._speech = SpeechStream(options.fps, sample_rate)
+        self._start = start
+        self.first_frame = 0
         self.num_frames = 0  # frames returned so far
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -62,13 +71,16 @@ class LiveLipSync:
         """Frames for `windows`, the next ones of the output."""
         if not len(windows):
             return np.zeros((0, *self._prepared.frames.shape[1:]), np.uint8)
+        if self._start is None:
+            self._start = self._engine.batch_starter(self._prepared, self._options.model)
         batches = self._engine.iter_frames(
             self._prepared,
             windows,
             self._options.model,
             blend=self._options.blend,
             weights=self._gate(windows),
-            first_frame=self.num_frames,
+            first_frame=self.first_frame + self.num_frames,
+            start=self._start,
         )
         frames = np.concatenate(list(batches))
         self.num_frames += len(frames)

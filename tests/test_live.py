@@ -110,3 +110,28 @@ def test_too_little_speech_is_audio_too_short(engine, avatars):
     with pytest.raises(AudioError) as caught:
         live.finish()
     assert caught.value.code is ErrorCode.AUDIO_TOO_SHORT
+
+
+def test_a_shared_starter_and_a_loop_start_keep_the_offline_frames(engine, avatars):
+    """Utterances sharing one batch starter (the face encoded once) each equal the offline
+    frames; a video avatar told to start at loop position 7 shows, outside the face box,
+    the frames 1, 0, 1, 2, 1, .. of its 3-frame clip's forward/backward loop."""
+    wav = speech_at(16000)
+    windows = audio.mel_windows(audio.melspectrogram(wav), 25, audio.num_video_frames(len(wav), 25))
+    for kind, first in (("image", 0), ("video", 7)):
+        prepared = avatars[kind]
+        start = engine.batch_starter(prepared)
+        expected = np.concatenate(
+            list(engine.iter_frames(prepared, windows, blend="none", first_frame=first))
+        )
+        for _ in range(2):
+            live = LiveLipSync(engine, prepared, OPTIONS, 16000, start)
+            live.first_frame = first
+            got = np.concatenate([live.push(wav), live.finish()])
+            assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    top, bottom, left, right = avatars["video"].boxes[0]
+    outside = np.ones(got.shape[1:3], bool)
+    outside[top:bottom, left:right] = False
+    loop = [1, 0, 1, 2] * len(got)
+    for k, frame in enumerate(got):
+        np.testing.assert_array_equal(frame[outside], avatars["video"].frames[loop[k]][outside])

@@ -139,6 +139,9 @@ class VideoEncoder:
     (`held_frames` = 2): the same size for ~1 dB less PSNR here. Its `tune=zerolatency`
     (no lookahead at all) switches off macroblock-tree rate control, which made a talking
     head's file 2.5x larger.
+
+    `audio_follows=True` (with `sample_rate`): the speech is not known in advance; each
+    `write(frame, audio)` brings the samples that go with the frame (real-time sessions).
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class VideoEncoder:
         sample_rate: int | None = None,
         options: EncodeOptions | None = None,
         live: bool = False,
+        audio_follows: bool = False,
     ) -> None:
         check_int_range("width", width, 2, 16384)
         check_int_range("height", height, 2, 16384)
@@ -160,7 +164,11 @@ class VideoEncoder:
         self.width, self.height = width, height
         self.encoded_width, self.encoded_height = width - width % 2, height - height % 2
         self.rate = frame_rate(fps)
-        samples = prepare_audio(audio, sample_rate)
+        if audio_follows:  # the speech comes with `write(frame, audio)`
+            check_int_range("sample_rate", sample_rate, 1_000, 384_000)
+            samples: np.ndarray | None = np.zeros(0, np.float32)
+        else:
+            samples = prepare_audio(audio, sample_rate)
         if samples is not None and sample_rate is None:  # prepare_audio refuses this too
             raise ValueError("sample_rate is required with audio")
         self._audio_duration = (
@@ -188,7 +196,7 @@ class VideoEncoder:
             self._audio_feed: AudioFeed | None = (
                 None
                 if self._audio is None or samples is None or sample_rate is None
-                else AudioFeed(samples, sample_rate, self._audio.codec_context)
+                else AudioFeed(samples, sample_rate, self._audio.codec_context, audio_follows)
             )
         except BaseException:
             self.close()
@@ -257,10 +265,13 @@ class VideoEncoder:
 
     # -- writing
 
-    def write(self, frame: np.ndarray) -> None:
-        """Encode one (height, width, 3) uint8 BGR frame."""
+    def write(self, frame: np.ndarray, audio: np.ndarray | None = None) -> None:
+        """Encode one (height, width, 3) uint8 BGR frame; with `audio_follows`, `audio` is
+        the speech (n,) float32 in [-1, 1] at `sample_rate` that goes with it."""
         if self._closed:
             raise RuntimeError("encoder is closed")
+        if audio is not None and self._audio_feed is not None:
+            self._audio_feed.extend(np.clip(audio.astype(np.float32), -1.0, 1.0))
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
             raise ValueError(f"frame {self.num_frames} must be a uint8 numpy array")
         if frame.shape != (self.height, self.width, 3):
@@ -300,6 +311,8 @@ class VideoEncoder:
             if self.num_frames == 0:
                 raise ValueError("no frames were written")
             self._output.mux(self._video_stream.encode(None))
+            if self._audio_feed is not None:
+                self._audio_feed.end()
             if self._audio is not None:
                 self._write_audio_until(None)
                 self._output.mux(self._audio.encode(None))

@@ -44,12 +44,21 @@ class AudioFeed:
     Yields encoder-ready frames (codec format, 48 kHz, codec frame size, the last one
     short) with consecutive pts in 1/48000 units. Only about one second of resampled audio
     is held at a time, so memory does not grow with the length of the speech.
+
+    `open_ended`: the speech keeps coming (`extend`) until `end`; until then the resampler
+    is never flushed.
     """
 
     def __init__(
-        self, samples: np.ndarray, sample_rate: int, ctx: av.audio.codeccontext.AudioCodecContext
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        ctx: av.audio.codeccontext.AudioCodecContext,
+        open_ended: bool = False,
     ) -> None:
         self._samples, self._rate = samples, sample_rate
+        self._open = open_ended
+        self._consumed = 0  # source samples dropped from _samples (already fed)
         self._resampler = av.AudioResampler(
             format=ctx.format.name,
             layout=ctx.layout.name,
@@ -70,17 +79,32 @@ class AudioFeed:
             if self._ready or not self._resample_more():
                 return
 
+    def extend(self, samples: np.ndarray) -> None:
+        """More speech (n,) float32 at the source rate (open-ended feeds only)."""
+        if not self._open:
+            raise RuntimeError("extend() needs an open-ended feed")
+        self._consumed += self._fed
+        self._samples = np.concatenate([self._samples[self._fed :], samples])
+        self._fed = 0
+
+    def end(self) -> None:
+        """No more speech: the next read flushes the resampler."""
+        self._open = False
+
     def _resample_more(self) -> bool:
-        """Resample the next second of speech (or flush). False once everything is out."""
+        """Resample the next second of speech (or flush). False once everything is out
+        (for now, while an open-ended feed waits for more)."""
         if self._flushed:
             return False
         if self._fed < len(self._samples):
             chunk = self._samples[self._fed : self._fed + self._rate]
             source = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-            source.sample_rate, source.pts = self._rate, self._fed
+            source.sample_rate, source.pts = self._rate, self._consumed + self._fed
             source.time_base = Fraction(1, self._rate)
             self._fed += len(chunk)
             frames = self._resampler.resample(source)
+        elif self._open:
+            return False
         else:
             self._flushed = True
             frames = self._resampler.resample(None)

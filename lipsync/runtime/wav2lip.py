@@ -9,6 +9,7 @@ batch needs only the rest (audio encoder and decoder), ~8 % fewer FLOPs per fram
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import openvino as ov
@@ -94,7 +95,8 @@ def face_encoder_model(model: ov.Model) -> ov.Model:
 
 def decoder_model(model: ov.Model) -> ov.Model:
     """The generator with its face encoder replaced by inputs FEATURES.i, each (1, C, H, W)
-    float32: one face's features, broadcast to every mel window of the batch."""
+    float32 (one face's features, broadcast to every mel window of the batch) or
+    (B, C, H, W) (a face per mel window: several sessions' frames in one batch)."""
     audio = _parameter(model, AUDIO_INPUT)
     batch = ops.gather(ops.shape_of(audio), ops.constant(np.array([0])), ops.constant(0))
     features = []
@@ -103,7 +105,9 @@ def decoder_model(model: ov.Model) -> ov.Model:
         if not shape[1:].is_static:
             raise ValueError(f"face feature {i} has a dynamic shape {shape}")
         chw = [dim.get_length() for dim in shape[1:]]
-        feature = ops.parameter([1, *chw], output.get_element_type(), name=f"{FEATURES}.{i}")
+        feature = ops.parameter(
+            ov.PartialShape([-1, *chw]), output.get_element_type(), name=f"{FEATURES}.{i}"
+        )
         feature.output(0).set_names({f"{FEATURES}.{i}"})
         per_window = ops.broadcast(feature, ops.concat([batch, ops.constant(np.array(chw))], 0))
         for target in list(output.get_target_inputs()):
@@ -131,6 +135,12 @@ def audio_input(mel_windows: np.ndarray) -> np.ndarray:
 def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
     """(B, 3, 96, 96) float in [0, 1] -> (B, 96, 96, 3) uint8 BGR, truncating like the reference."""
     return (pred.transpose(0, 2, 3, 1) * np.float32(255.0)).astype(np.uint8)
+
+
+class Pending(Protocol):
+    """A batch of mouths being made: `wait()` once for them, (B, 96, 96, 3) uint8 BGR."""
+
+    def wait(self) -> np.ndarray: ...
 
 
 class PendingBatch:
@@ -192,7 +202,8 @@ class Wav2LipGenerator:
     def start_with_face(self, mel_windows: np.ndarray, features: FaceFeatures) -> PendingBatch:
         """Start a batch whose every mel window shows the face of `encode_face`.
 
-        mel_windows: (B, 80, 16) float32.
+        mel_windows: (B, 80, 16) float32; features: each (1, C, H, W) (one face for every
+        window) or (B, C, H, W) (a face per window).
         """
         return self._start(self.decoder, {AUDIO_INPUT: audio_input(mel_windows), **features})
 

@@ -98,7 +98,10 @@ def post_worker_init(worker):
         import gevent
 
         gevent.get_hub().threadpool.maxsize = (
-            _settings.max_concurrent + _settings.max_queue + SPARE_NATIVE_THREADS
+            _settings.max_concurrent
+            + _settings.max_queue
+            + 2 * _settings.realtime_max_sessions  # a render and an idle frame per session
+            + SPARE_NATIVE_THREADS
         )
 
     try:

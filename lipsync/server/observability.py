@@ -65,6 +65,19 @@ REALTIME_FRAME_SECONDS = Histogram(
     "From the audio completing a frame's window to the frame's send",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2),
 )
+REALTIME_BATCH_FRAMES = Histogram(
+    "lipsync_realtime_batch_frames",
+    "Frames per inference batch of /api/stream (all sessions together)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
+REALTIME_BATCH_SESSIONS = Histogram(
+    "lipsync_realtime_batch_sessions",
+    "Sessions whose frames ran in one inference batch of /api/stream",
+    buckets=(1, 2, 3, 4, 6, 8),
+)
+REALTIME_FACE_ENCODES = Counter(
+    "lipsync_realtime_face_encodes_total", "Image faces encoded for /api/stream sessions"
+)
 REJECTED = Counter(
     "lipsync_rejected_requests_total", "Requests refused before or during generation", ["reason"]
 )

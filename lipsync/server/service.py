@@ -18,6 +18,7 @@ from lipsync.avatars import AvatarStore, open_store
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
+from lipsync.server.realtime.protocol import KEY_SUBPROTOCOL_PREFIX
 from lipsync.server.schemas import VIDEO_HEADER_NAMES
 from lipsync.settings import Settings
 from lipsync.util import native_rlock
@@ -94,10 +95,23 @@ def begin_request() -> Response | None:
 
 
 def authorized(api_key: str) -> bool:
-    """Constant-time check of `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """Constant-time check of `Authorization: Bearer <key>` or `X-API-Key: <key>`, or on a
+    WebSocket upgrade (browsers cannot set its headers) the subprotocol
+    `lipsync-key.<key>` offered in `Sec-WebSocket-Protocol`."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     offered = token.strip() if scheme.lower() == "bearer" else request.headers.get("X-API-Key", "")
+    if not offered:
+        offered = subprotocol_key(request.headers.get("Sec-WebSocket-Protocol", ""))
     return hmac.compare_digest(offered.encode(), api_key.encode())
+
+
+def subprotocol_key(header: str) -> str:
+    """The key of a `lipsync-key.<key>` subprotocol in a Sec-WebSocket-Protocol list, or ""."""
+    for protocol in header.split(","):
+        name = protocol.strip()
+        if name.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return name[len(KEY_SUBPROTOCOL_PREFIX) :]
+    return ""
 
 
 def finish_request(response: Response) -> Response:

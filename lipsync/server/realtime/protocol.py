@@ -5,7 +5,9 @@ Client -> server: a JSON `start` first, then audio (binary messages of raw PCM i
 start's encoding, any length that is a whole number of samples; or JSON `audio` with
 base64 PCM) and JSON controls (`flush`, `interrupt`, `ping`, `end`).
 Server -> client: JSON `ready`, `pong`, `flushed`, `interrupted`, `dropped`, `error`, and
-each frame either as a binary message (FRAME_HEADER + JPEG) or as a JSON `frame`.
+each frame either as a binary message (FRAME_HEADER + JPEG; header type 1 speech, 2 idle)
+or as a JSON `frame` (`idle` true for idle frames); with `output.format` "webm", one live
+WebM stream instead, in binary messages of header type 3 (or JSON `webm`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,22 @@ from lipsync.options import DEFAULT_SILENCE_THRESHOLD_DB, GENERATOR_NAMES
 # presentation time (ms from the utterance's start), payload length, CRC-32 of the payload.
 FRAME_HEADER = struct.Struct("<4sBBHIIII")
 FRAME_MAGIC = b"LSRT"
-FRAME_TYPE_JPEG = 1
+FRAME_TYPE_JPEG = 1  # a lip-synced frame: index and pts within the utterance
+FRAME_TYPE_IDLE_JPEG = 2  # idle mode: the avatar's own frame; index and pts in the session
+FRAME_TYPE_WEBM = 3  # webm output: the next bytes of the session's one WebM stream
+FRAME_TYPES = {
+    FRAME_TYPE_JPEG: "JPEG frame of speech (index, pts_ms: within the utterance)",
+    FRAME_TYPE_IDLE_JPEG: "JPEG idle frame, the avatar's own (index: idle frames of the "
+    "session from 0; pts_ms: since `ready`)",
+    FRAME_TYPE_WEBM: "WebM bytes (append to a MediaSource SourceBuffer; index: video frames "
+    "in the stream after this chunk, pts_ms: media time they reach)",
+}
+
+# WebSocket subprotocols: a browser (which cannot set headers on a WebSocket) offers
+# [SUBPROTOCOL, KEY_SUBPROTOCOL_PREFIX + key]; the server answers SUBPROTOCOL when the key
+# is right and refuses the upgrade (401) like a wrong X-API-Key when it is not.
+SUBPROTOCOL = "lipsync"
+KEY_SUBPROTOCOL_PREFIX = "lipsync-key."
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -49,7 +66,11 @@ class AudioFormat(_Message):
 
 
 class Output(_Message):
-    format: Literal["jpeg"] = "jpeg"
+    format: Literal["jpeg", "webm"] = Field(
+        default="jpeg",
+        description="jpeg: a message per frame; webm: one live WebM stream (VP9 + Opus, the "
+        "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`)",
+    )
     quality: int = Field(default=85, ge=1, le=100, description="JPEG quality")
 
 
@@ -73,6 +94,12 @@ class Start(_Message):
         "without inference (a hard switch: no cross-fade live)",
     )
     silence_threshold_db: float = Field(default=DEFAULT_SILENCE_THRESHOLD_DB, ge=-120, le=0)
+    idle: bool = Field(
+        default=False,
+        description="idle mode: while no speech frame is being made, the avatar's own frames "
+        "at fps (binary type 2, JSON frame with idle=true); a video avatar loops forward and "
+        "backward, speech continuing where the loop is",
+    )
 
 
 class Audio(_Message):
@@ -116,6 +143,9 @@ class Ready(_Message):
     height: int
     fps: float
     protocol: Literal["binary", "json"]
+    mime_type: str | None = Field(
+        None, description='webm output: the MediaSource type, e.g. video/webm; codecs="vp9,opus"'
+    )
 
 
 class Frame(_Message):
@@ -126,6 +156,20 @@ class Frame(_Message):
     pts_ms: int = Field(description="presentation time in the utterance, ms")
     processing_ms: float = Field(description="from the audio completing it to sending")
     data: str = Field(description="base64 JPEG")
+    idle: bool = Field(
+        default=False,
+        description="an idle frame (the avatar's own): index counts the session's idle "
+        "frames, pts_ms is from `ready`",
+    )
+
+
+class WebmChunk(_Message):
+    """webm output in the JSON protocol (the binary protocol: header type 3 + the bytes)."""
+
+    type: Literal["webm"] = "webm"
+    frames: int = Field(description="video frames in the stream after this chunk")
+    pts_ms: int = Field(description="media time those frames reach, ms")
+    data: str = Field(description="base64 WebM bytes: append them in order")
 
 
 class Pong(_Message):
@@ -158,28 +202,36 @@ class ErrorMessage(_Message):
 
 
 ServerMessage = Annotated[
-    Ready | Frame | Pong | Flushed | Interrupted | Dropped | ErrorMessage,
+    Ready | Frame | WebmChunk | Pong | Flushed | Interrupted | Dropped | ErrorMessage,
     Field(discriminator="type"),
 ]
 
 
-def pack_frame(index: int, pts_ms: int, jpeg: bytes) -> bytes:
-    """A binary frame message: FRAME_HEADER then the JPEG."""
-    crc = zlib.crc32(jpeg) & 0xFFFFFFFF
-    header = FRAME_HEADER.pack(FRAME_MAGIC, FRAME_TYPE_JPEG, 0, 0, index, pts_ms, len(jpeg), crc)
-    return header + jpeg
+def pack_frame(index: int, pts_ms: int, payload: bytes, kind: int = FRAME_TYPE_JPEG) -> bytes:
+    """A binary message: FRAME_HEADER then the payload (a JPEG, or WebM bytes)."""
+    crc = zlib.crc32(payload) & 0xFFFFFFFF
+    header = FRAME_HEADER.pack(FRAME_MAGIC, kind, 0, 0, index, pts_ms, len(payload), crc)
+    return header + payload
 
 
-def unpack_frame(message: bytes) -> tuple[int, int, bytes]:
-    """(index, pts_ms, jpeg) of a binary frame message; ValueError if it is malformed."""
+def unpack_message(message: bytes) -> tuple[int, int, int, bytes]:
+    """(type, index, pts_ms, payload) of a binary message; ValueError if it is malformed."""
     if len(message) < FRAME_HEADER.size:
         raise ValueError("shorter than the frame header")
     magic, kind, _, _, index, pts_ms, length, crc = FRAME_HEADER.unpack_from(message)
     payload = message[FRAME_HEADER.size :]
-    if magic != FRAME_MAGIC or kind != FRAME_TYPE_JPEG or length != len(payload):
+    if magic != FRAME_MAGIC or kind not in FRAME_TYPES or length != len(payload):
         raise ValueError("bad magic, type or length")
     if zlib.crc32(payload) & 0xFFFFFFFF != crc:
         raise ValueError("CRC mismatch")
+    return kind, index, pts_ms, payload
+
+
+def unpack_frame(message: bytes) -> tuple[int, int, bytes]:
+    """(index, pts_ms, jpeg) of a binary speech-frame message; ValueError otherwise."""
+    kind, index, pts_ms, payload = unpack_message(message)
+    if kind != FRAME_TYPE_JPEG:
+        raise ValueError(f"bad magic, type or length: type {kind}")
     return index, pts_ms, payload
 
 
@@ -209,9 +261,15 @@ def protocol_document() -> dict[str, Any]:
                     "crc32",
                 ],
                 "magic": FRAME_MAGIC.decode(),
-                "types": {str(FRAME_TYPE_JPEG): "JPEG frame"},
+                "types": {str(kind): meaning for kind, meaning in FRAME_TYPES.items()},
                 "size": FRAME_HEADER.size,
             },
+        },
+        "subprotocols": {
+            "answered": SUBPROTOCOL,
+            "api_key": f"offer {KEY_SUBPROTOCOL_PREFIX}<key> next to {SUBPROTOCOL} (browsers: "
+            f"new WebSocket(url, ['{SUBPROTOCOL}', '{KEY_SUBPROTOCOL_PREFIX}' + key])); a "
+            "wrong or missing key is refused before the upgrade (401)",
         },
         "close_codes": {
             str(CLOSE_NORMAL): "`end` received",

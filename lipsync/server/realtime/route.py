@@ -30,7 +30,9 @@ from lipsync.server.admission import OverloadedError
 from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import errors, operation
 from lipsync.server.realtime import protocol as p
-from lipsync.server.realtime.session import Session, SessionClosed, parse_text
+from lipsync.server.realtime.batcher import FrameBatcher
+from lipsync.server.realtime.outputs import JpegOutput, WebmOutput, make_output
+from lipsync.server.realtime.session import Session, SessionClosed, SessionFace, parse_text
 from lipsync.server.routes.avatars import not_found
 from lipsync.server.service import Service, service
 
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 STREAM_PATH = "/api/stream"
 EXTENSION = "lipsync.realtime"
+BATCHER = "lipsync.realtime.batcher"
 # How long a new connection may take to send its `start` message.
 START_TIMEOUT_S = 10.0
 
@@ -55,7 +58,8 @@ class _Documented:
             **operation("stream", "Real-time lip-sync session (WebSocket upgrade)", "realtime"),
             description="Upgrade to a WebSocket lip-sync session; the messages are described "
             "by GET /api/stream/protocol.json. Refused before the upgrade: a request that is "
-            "not a WebSocket upgrade (400), an API key missing or wrong (401), a browser "
+            "not a WebSocket upgrade (400), an API key missing or wrong (401; a browser offers "
+            "it as the subprotocol `lipsync-key.<key>` next to `lipsync`), a browser "
             "Origin not allowed (403), no session left (503 + Retry-After).",
             responses={
                 "101": {"description": "Switching protocols: the session begins"},
@@ -94,7 +98,14 @@ def register(app: OpenAPI) -> None:
     """Add the WebSocket route and its protocol document to `app`."""
     settings = app.extensions["lipsync"].settings
     app.extensions[EXTENSION] = SessionCount(settings.realtime_max_sessions)
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": settings.realtime_max_message_bytes}
+    # Real-time batches are a frame or two per session; a session fed faster than real time
+    # brings batch_size at once, and the others' may still join it.
+    sessions = max(settings.realtime_max_sessions, 2)
+    app.extensions[BATCHER] = FrameBatcher(sessions * settings.batch_size)
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "max_message_size": settings.realtime_max_message_bytes,
+        "subprotocols": [p.SUBPROTOCOL],  # answered when offered (and the key is right)
+    }
     app.register_api(realtime)
 
 
@@ -159,8 +170,8 @@ def _serve(ws, svc: Service) -> None:
     logger.info(
         "realtime session %s: %d frames sent, %d dropped, %.1f s",
         session.session_id,
-        session.sent,
-        session.dropped,
+        session.writer.sent,
+        session.writer.dropped,
         time.perf_counter() - started,
     )
 
@@ -179,12 +190,24 @@ def _open(ws, svc: Service) -> Session:
     rate = start.audio.sample_rate
     if not settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate:
         raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, f"audio.sample_rate {rate} is not accepted")
+    batcher: FrameBatcher = current_app.extensions[BATCHER]
     try:
-        prepared, options = run_in_thread(_face, svc, start)
+        face, output = run_in_thread(_ready, svc, start, batcher)
     except LipSyncError as exc:
         ws.send(p.ErrorMessage(code=exc.code.code, message=str(exc)).model_dump_json())
         raise SessionClosed(p.CLOSE_POLICY, f"{exc.code.code}: {exc}"[:120]) from None
-    return Session(ws, start, svc.engine, prepared, options, settings)
+    return Session(ws, start, face, output, settings)
+
+
+def _ready(
+    svc: Service, start: p.Start, batcher: FrameBatcher
+) -> tuple[SessionFace, JpegOutput | WebmOutput]:
+    """The session's face (features encoded once) and output encoder (native thread)."""
+    prepared, options = _face(svc, start)
+    starter = batcher.starter(svc.engine, prepared, options.model)
+    face = SessionFace(svc.engine, prepared, options, start.audio.sample_rate, starter)
+    height, width = prepared.frames.shape[1:3]
+    return face, make_output(start, options.fps, width, height)
 
 
 def _face(svc: Service, start: p.Start):

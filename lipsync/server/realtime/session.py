@@ -1,14 +1,14 @@
-"""One /api/stream session: audio in, frames out, controls, limits and backpressure.
+"""One /api/stream session: audio in, frames out, controls and limits.
 
-Three loops, each on its own greenlet under gevent (threads elsewhere):
+Loops, each on its own greenlet under gevent (threads elsewhere):
 - `run` (the connection's): reads messages, answers controls, enforces the idle and
   session time limits and watches the writer for a stalled reader;
 - the renderer: takes the queued audio (all of it at once when behind), pushes it to the
-  utterance's LiveLipSync and JPEG-encodes the frames, on a native thread (run_in_thread);
-- the writer: the only one sending; frames wait in a bounded queue; when it is full and
-  the reader is behind (a send blocked for DROP_AFTER_S) the oldest frame is dropped
-  (counted, and reported in a `dropped` message), and a reader that takes nothing for
-  `realtime_stall_timeout_s` gets its connection closed.
+  utterance's LiveLipSync (inference through the worker's shared batcher, `batcher.py`)
+  and encodes the frames (`outputs.py`: JPEG, or the session's WebM stream), on a native
+  thread (run_in_thread);
+- the writer (`writer.py`): the only one sending, a bounded frame queue, backpressure;
+- in idle mode, the idle loop (`idle.py`): the avatar's own frames while no speech flows.
 
 `interrupt` bumps the utterance epoch: queued audio and frames are dropped at once and a
 render in flight is discarded when it returns, so no frame of the old speech follows the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -28,12 +27,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pydantic
-from wsproto.events import Message, TextMessage
 
-from inference_engine import Wav2LipInferenceEngine
+from inference_engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.errors import LipSyncError
 from lipsync.faces import PreparedFace
 from lipsync.live import LiveLipSync
@@ -41,7 +38,12 @@ from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
+from lipsync.server.realtime.idle import IdleLoop, Timeline
+from lipsync.server.realtime.outputs import JpegOutput, Outgoing, WebmOutput
+from lipsync.server.realtime.writer import ROOM_POLL_S, SessionClosed, Writer
 from lipsync.settings import Settings
+
+__all__ = ["Session", "SessionClosed", "SessionFace", "decode_pcm", "parse_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,26 +52,31 @@ TICK_S = 0.5
 # Audio waiting to be rendered beyond this many seconds: the client sends faster than real
 # time can be rendered for too long, and the session is closed.
 MAX_PENDING_AUDIO_S = 30.0
-# With the frame queue full, a send blocked this long means the reader is behind: the
-# oldest waiting frame is dropped for the new one (else the renderer waits for room).
-DROP_AFTER_S = 0.2
-ROOM_POLL_S = 0.02
+# Audio rendered at most in one go (when behind, or fed faster than real time): its frames
+# are sent before the next part is taken, so the first ones never wait for a long render.
+MAX_RENDER_S = 0.64
 
 
-class SessionClosed(Exception):
-    """Close the session with `code` and `reason`."""
+@dataclass(frozen=True)
+class SessionFace:
+    """The session's face, ready: an utterance's LiveLipSync is `new_live()`; `starter`
+    runs its batches on the worker's batcher (an image's features computed once)."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    engine: Wav2LipInferenceEngine
+    prepared: PreparedFace
+    options: RenderOptions
+    sample_rate: int
+    starter: BatchStart
+
+    def new_live(self) -> LiveLipSync:
+        return LiveLipSync(self.engine, self.prepared, self.options, self.sample_rate, self.starter)
 
 
 @dataclass
 class _Rendered:
     epoch: int
-    jpegs: list[bytes]
-    first_index: int
+    items: list[Outgoing]
+    frames: int
     received: float  # when the audio completing these frames arrived (perf_counter)
     flushed: int | None = None  # frames of the utterance, when this ended it
     error: LipSyncError | None = None
@@ -113,33 +120,23 @@ class Session:
         self,
         ws,
         start: p.Start,
-        engine: Wav2LipInferenceEngine,
-        prepared: PreparedFace,
-        options: RenderOptions,
+        face: SessionFace,
+        output: JpegOutput | WebmOutput,
         settings: Settings,
     ) -> None:
-        self.ws = ws
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.settings = settings
-        self._new_live: Callable[[], LiveLipSync] = lambda: LiveLipSync(
-            engine, prepared, options, start.audio.sample_rate
-        )
-        self._fps = options.fps
-        self._height, self._width = prepared.frames.shape[1:3]
+        self._face = face
+        self._output = output
+        self._fps = face.options.fps
         self._epoch = 0
         self._audio: collections.deque[tuple[int, np.ndarray | None, float]] = collections.deque()
         self._pending_samples = 0
         self._audio_ready = threading.Event()
-        self._out: collections.deque[tuple[str | bytes, bool, float]] = collections.deque()
-        self._out_frames = 0
-        self._out_ready = threading.Event()
-        self._space = threading.Event()  # the writer took a frame
-        self._write_lock = threading.Lock()
-        self._dropped_unreported = 0
-        self.dropped = 0
-        self.sent = 0
-        self._sending_since: float | None = None
+        self._producing = threading.Lock()  # held while frames are encoded and queued
+        self._timeline = Timeline()
+        self.writer = Writer(ws, settings.realtime_send_buffer_frames)
         self._closing: SessionClosed | None = None
         self._done = False
 
@@ -148,36 +145,49 @@ class Session:
     def run(self) -> None:
         started = time.monotonic()
         last_heard = started
-        self._send_json(
+        height, width = self._face.prepared.frames.shape[1:3]
+        self.writer.json(
             p.Ready(
                 session_id=self.session_id,
-                width=self._width,
-                height=self._height,
+                width=width,
+                height=height,
                 fps=self._fps,
                 protocol=self.start.protocol,
+                mime_type=self._output.mime_type,
             )
         )
-        workers = [
-            threading.Thread(target=self._guard(self._render_loop), daemon=True),
-            threading.Thread(target=self._guard(self._write_loop), daemon=True),
-        ]
-        for worker in workers:
-            worker.start()
+        loops = [self._render_loop, self.writer.loop]
+        if self.start.idle:
+            idle = IdleLoop(
+                self._face.prepared.frames,
+                self._fps,
+                self._output,
+                self.writer,
+                self._timeline,
+                self._producing,
+                lambda: self._done,
+            )
+            loops.append(idle.run)
+        for loop in loops:
+            threading.Thread(target=self._guard(loop), daemon=True).start()
         try:
             while self._closing is None:
-                message = self.ws.receive(timeout=TICK_S)
+                message = self.writer.ws.receive(timeout=TICK_S)
                 now = time.monotonic()
                 if message is not None:
-                    last_heard = now
                     self._handle(message)
+                if message is not None or self._audio or self._producing.locked():
+                    last_heard = now  # a client waiting for its frames is not idle
                 self._check_limits(now, started, last_heard)
         except SessionClosed as closed:
             self._closing = self._closing or closed
         finally:
             self._done = True
             self._audio_ready.set()
-            self._out_ready.set()
-        self._close(self._closing)
+            self.writer.stop()
+        self.writer.close(self._closing or SessionClosed(p.CLOSE_NORMAL, ""))
+        with self._producing:  # never while a render or an idle frame uses the encoder
+            run_in_thread(self._output.close)
 
     def _check_limits(self, now: float, started: float, last_heard: float) -> None:
         s = self.settings
@@ -186,8 +196,7 @@ class Session:
             raise SessionClosed(p.CLOSE_POLICY, f"session longer than {limit:g} s")
         if now - last_heard > s.realtime_idle_timeout_s:
             raise SessionClosed(p.CLOSE_POLICY, f"no message for {s.realtime_idle_timeout_s:g} s")
-        since = self._sending_since
-        if since is not None and now - since > s.realtime_stall_timeout_s:
+        if self.writer.stalled_for(now) > s.realtime_stall_timeout_s:
             raise SessionClosed(
                 p.CLOSE_POLICY, f"the client read nothing for {s.realtime_stall_timeout_s:g} s"
             )
@@ -209,11 +218,25 @@ class Session:
         elif isinstance(parsed, p.Interrupt):
             self._interrupt()
         elif isinstance(parsed, p.Ping):
-            self._send_json(p.Pong(id=parsed.id))
+            self.writer.json(p.Pong(id=parsed.id))
         elif isinstance(parsed, p.End):
-            raise SessionClosed(p.CLOSE_NORMAL, "end")
+            self._end()
         else:
             raise SessionClosed(p.CLOSE_POLICY, "start sent twice")
+
+    def _end(self) -> None:
+        """`end`: close 1000 at once; with webm output, after the stream's tail (the muxer
+        finished: what it held goes out) has been sent."""
+        if isinstance(self._output, WebmOutput):
+            self._epoch += 1  # no more rendering
+            self._audio.clear()
+            with self._producing:
+                items = run_in_thread(self._output.finish)
+                self.writer.frames(items, time.perf_counter(), lambda: True)
+            deadline = time.monotonic() + self.settings.realtime_stall_timeout_s
+            while self.writer.pending_frames and time.monotonic() < deadline:
+                time.sleep(ROOM_POLL_S)
+        raise SessionClosed(p.CLOSE_NORMAL, "end")
 
     def _queue_audio(self, samples: np.ndarray) -> None:
         self._pending_samples += len(samples)
@@ -228,161 +251,94 @@ class Session:
         self._epoch += 1
         self._audio.clear()
         self._pending_samples = 0
-        dropped = self._drop_frames()
+        dropped = self.writer.drop_frames()
         obs.REALTIME_FRAMES_DROPPED.inc(dropped)
-        self._send_json(p.Interrupted(dropped_frames=dropped))
+        self.writer.json(p.Interrupted(dropped_frames=dropped))
 
     # -- rendering ---------------------------------------------------------------------
 
     def _render_loop(self) -> None:
-        live, epoch = self._new_live(), self._epoch
+        live, epoch = self._face.new_live(), self._epoch
         while not self._done:
             if not self._audio:
                 self._audio_ready.wait(TICK_S)
                 self._audio_ready.clear()
                 continue
             if self._audio[0][0] != epoch or epoch != self._epoch:  # interrupted
-                live, epoch = self._new_live(), self._epoch
+                self._end_utterance(live)
+                live, epoch = self._face.new_live(), self._epoch
                 while self._audio and self._audio[0][0] != epoch:
                     self._audio.popleft()
                 continue
             chunks, flush, received = self._take_audio()
-            rendered = run_in_thread(self._render, live, chunks, flush, epoch, received)
-            self._deliver(rendered)
+            with self._producing:
+                rendered = run_in_thread(self._render, live, chunks, flush, epoch, received)
+                self._deliver(rendered)
             if flush:
-                live = self._new_live()
+                self._end_utterance(live)
+                live = self._face.new_live()
+
+    def _end_utterance(self, live: LiveLipSync) -> None:
+        """The next frames continue a video avatar's loop (idle mode) after this one."""
+        if self.start.idle and live.num_frames:
+            self._timeline.position = live.first_frame + live.num_frames
+        self._output.utterance_end()
 
     def _take_audio(self) -> tuple[list[np.ndarray], bool, float]:
-        """The queued audio up to and including the first flush (if any)."""
+        """The queued audio up to and including the first flush (if any), at most about
+        MAX_RENDER_S of it."""
         chunks: list[np.ndarray] = []
-        received = 0.0
-        while self._audio:
+        received, taken = 0.0, 0
+        limit = MAX_RENDER_S * self.start.audio.sample_rate
+        while self._audio and taken < limit:
             _, samples, received = self._audio.popleft()
             if samples is None:
                 return chunks, True, received
             chunks.append(samples)
+            taken += len(samples)
             self._pending_samples -= len(samples)
         return chunks, False, received
 
     def _render(
         self, live: LiveLipSync, chunks: list[np.ndarray], flush: bool, epoch: int, received: float
     ) -> _Rendered:
-        """On a native thread: the frames of `chunks` (and the tail when flushing), as JPEG."""
+        """On a native thread: the frames of `chunks` (and the tail when flushing), encoded."""
+        if self.start.idle and live.num_frames == 0:
+            live.first_frame = self._timeline.position  # continue the avatar's loop
         first = live.num_frames
-        frames = [live.push(np.concatenate(chunks))] if chunks else []
+        frames = []
+        if chunks:
+            samples = np.concatenate(chunks)
+            self._output.audio(samples)
+            frames.append(live.push(samples))
         error = None
         if flush:
             try:
                 frames.append(live.finish())
             except LipSyncError as exc:  # shorter than one mel window
                 error = exc
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.start.output.quality]
-        jpegs = [cv2.imencode(".jpg", f, params)[1].tobytes() for batch in frames for f in batch]
-        return _Rendered(epoch, jpegs, first, received, live.num_frames if flush else None, error)
+        made = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+        items = self._output.speech(made, first, received) if len(made) else []
+        flushed = live.num_frames if flush else None
+        return _Rendered(epoch, items, len(made), received, flushed, error)
 
     def _deliver(self, rendered: _Rendered) -> None:
-        if rendered.epoch != self._epoch or self._done:
-            return  # interrupted meanwhile: its frames are of dropped speech
-        for offset, jpeg in enumerate(rendered.jpegs):
-            self._queue_frame(
-                rendered.epoch, rendered.first_index + offset, jpeg, rendered.received
-            )
-        if rendered.epoch != self._epoch or self._done:
+        if self._done:
+            return
+        if rendered.frames:
+            self._timeline.last_speech_at = time.monotonic()
+        # Interrupted meanwhile: its JPEGs are of dropped speech (WebM bytes still go).
+        self.writer.frames(rendered.items, rendered.received, lambda: self._current(rendered))
+        if not self._current(rendered):
             return
         if rendered.error is not None:
             code = rendered.error.code.code
-            self._send_json(p.ErrorMessage(code=code, message=str(rendered.error)))
+            self.writer.json(p.ErrorMessage(code=code, message=str(rendered.error)))
         if rendered.flushed is not None:
-            self._send_json(p.Flushed(frames=rendered.flushed))
+            self.writer.json(p.Flushed(frames=rendered.flushed))
 
-    # -- writing -----------------------------------------------------------------------
-
-    def _queue_frame(self, epoch: int, index: int, jpeg: bytes, received: float) -> None:
-        pts_ms = round(index * 1000 / self._fps)
-        message: str | bytes
-        if self.start.protocol == "binary":
-            message = p.pack_frame(index, pts_ms, jpeg)
-        else:
-            processing_ms = round((time.perf_counter() - received) * 1000, 1)
-            frame = p.Frame(
-                index=index,
-                pts_ms=pts_ms,
-                processing_ms=processing_ms,
-                data=base64.b64encode(jpeg).decode("ascii"),
-            )
-            message = frame.model_dump_json()
-        self._wait_for_room()
-        if epoch != self._epoch or self._done:
-            return  # interrupted while waiting for room
-        self._out.append((message, True, received))
-        self._out_frames += 1
-        self._out_ready.set()
-
-    def _wait_for_room(self) -> None:
-        """Wait while the frame queue is full and the reader keeps up; once one send has
-        been blocked for DROP_AFTER_S (the reader is behind), drop the oldest frame."""
-        while self._out_frames >= self.settings.realtime_send_buffer_frames and not self._done:
-            since = self._sending_since
-            if since is not None and time.monotonic() - since > DROP_AFTER_S:
-                self._drop_oldest_frame()
-                return
-            self._space.wait(ROOM_POLL_S)
-            self._space.clear()
-
-    def _drop_oldest_frame(self) -> None:
-        for position, (_, is_frame, _) in enumerate(self._out):
-            if is_frame:
-                del self._out[position]
-                self._out_frames -= 1
-                self._dropped_unreported += 1
-                self.dropped += 1
-                obs.REALTIME_FRAMES_DROPPED.inc()
-                return
-
-    def _drop_frames(self) -> int:
-        kept = [item for item in self._out if not item[1]]
-        dropped = len(self._out) - len(kept)
-        self._out.clear()
-        self._out.extend(kept)
-        self._out_frames = 0
-        return dropped
-
-    def _send_json(self, message: pydantic.BaseModel) -> None:
-        self._out.append((message.model_dump_json(), False, 0.0))
-        self._out_ready.set()
-
-    def _write_loop(self) -> None:
-        while not self._done:
-            if self._dropped_unreported:
-                count, self._dropped_unreported = self._dropped_unreported, 0
-                self._send(p.Dropped(count=count, total=self.dropped).model_dump_json())
-            if not self._out:
-                self._out_ready.wait(TICK_S)
-                self._out_ready.clear()
-                continue
-            message, is_frame, received = self._out.popleft()
-            if is_frame:
-                self._out_frames -= 1
-                self._space.set()
-            self._send(message)
-            if is_frame:
-                self.sent += 1
-                obs.REALTIME_FRAMES_SENT.inc()
-                obs.REALTIME_FRAME_SECONDS.observe(time.perf_counter() - received)
-
-    def _send(self, message: str | bytes) -> None:
-        """Send one whole message. simple-websocket's `send` makes one `socket.send` call,
-        which on a gevent socket may write only part of a large frame; this writes it all
-        (holding the write lock, so a close frame never lands inside it)."""
-        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
-        with self._write_lock:
-            if not self.ws.connected:
-                raise SessionClosed(p.CLOSE_NORMAL, "")
-            self._sending_since = time.monotonic()
-            try:
-                self.ws.sock.sendall(self.ws.ws.send(event))
-            finally:
-                self._sending_since = None
+    def _current(self, rendered: _Rendered) -> bool:
+        return rendered.epoch == self._epoch and not self._done
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
         """Run `loop`; a failure ends the session (1011, or its own close code)."""
@@ -398,16 +354,3 @@ class Session:
                     self._closing = self._closing or SessionClosed(p.CLOSE_INTERNAL, "server error")
 
         return guarded
-
-    def _close(self, closed: SessionClosed | None) -> None:
-        closed = closed or SessionClosed(p.CLOSE_NORMAL, "")
-        if closed.code == p.CLOSE_POLICY and "read nothing" in closed.reason:
-            self._abort()  # a close frame would wait behind the unread data
-            return
-        with self._write_lock, contextlib.suppress(Exception):  # already closed by the peer
-            self.ws.close(reason=closed.code, message=closed.reason)
-
-    def _abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.ws.sock.close()
-        self.ws.connected = False

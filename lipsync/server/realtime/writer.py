@@ -1,0 +1,175 @@
+"""A session's sending side: the only one writing to the socket, a bounded frame queue and
+the backpressure policy.
+
+Frames wait in a queue of at most `buffer_frames`; when it is full and the reader is
+behind (a send blocked for DROP_AFTER_S) the oldest droppable frame (a JPEG) is dropped,
+counted and reported in a `dropped` message; WebM chunks are never dropped (a gap would
+break the stream): their producer waits for room instead. `stalled_for` lets the session
+close a reader that takes nothing for too long.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pydantic
+from wsproto.events import Message, TextMessage
+
+from lipsync.server import observability as obs
+from lipsync.server.realtime import protocol as p
+
+# How long the writer's loop sleeps when there is nothing to send.
+TICK_S = 0.5
+# With the frame queue full, a send blocked this long means the reader is behind: the
+# oldest waiting frame is dropped for the new one (else the producer waits for room).
+DROP_AFTER_S = 0.2
+ROOM_POLL_S = 0.02
+
+
+class SessionClosed(Exception):
+    """Close the session with `code` and `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class _Item:
+    message: str | bytes
+    frame: bool  # a frame or WebM chunk (counted, bounded); else a control message
+    droppable: bool
+    received: float  # perf_counter when the audio completing it arrived
+
+
+class Writer:
+    """Sends a simple_websocket connection's messages, in order, from its own loop."""
+
+    def __init__(self, ws, buffer_frames: int) -> None:
+        self.ws = ws
+        self._buffer_frames = buffer_frames
+        self._out: collections.deque[_Item] = collections.deque()
+        self._frames = 0  # frames in _out
+        self._ready = threading.Event()
+        self._space = threading.Event()  # the writer took a frame
+        self._lock = threading.Lock()
+        self._dropped_unreported = 0
+        self._sending_since: float | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.last_frame_at = 0.0  # time.monotonic() when the last frame was queued
+        self.stopped = False
+
+    @property
+    def pending_frames(self) -> int:
+        return self._frames
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the send in progress has been blocked (0 when none is)."""
+        since = self._sending_since
+        return 0.0 if since is None else now - since
+
+    def frames(
+        self, items: list[tuple[str | bytes, bool]], received: float, valid: Callable[[], bool]
+    ) -> None:
+        """Queue frame messages `(message, droppable)`; `valid()` false after waiting for
+        room (interrupted meanwhile) drops the droppable ones."""
+        for message, droppable in items:
+            self._wait_for_room(droppable)
+            if self.stopped or (droppable and not valid()):
+                continue
+            self._out.append(_Item(message, True, droppable, received))
+            self._frames += 1
+            self.last_frame_at = time.monotonic()
+            self._ready.set()
+
+    def json(self, message: pydantic.BaseModel) -> None:
+        self._out.append(_Item(message.model_dump_json(), False, False, 0.0))
+        self._ready.set()
+
+    def drop_frames(self) -> int:
+        """Drop every droppable frame waiting (interrupt); -> how many."""
+        kept = [item for item in self._out if not item.droppable]
+        dropped = len(self._out) - len(kept)
+        self._out.clear()
+        self._out.extend(kept)
+        self._frames = sum(item.frame for item in kept)
+        return dropped
+
+    def _wait_for_room(self, droppable: bool) -> None:
+        """Wait while the queue is full and the reader keeps up; once one send has been
+        blocked for DROP_AFTER_S (the reader is behind), drop the oldest droppable frame."""
+        while self._frames >= self._buffer_frames and not self.stopped:
+            since = self._sending_since
+            behind = since is not None and time.monotonic() - since > DROP_AFTER_S
+            if droppable and behind and self._drop_oldest():
+                return
+            self._space.wait(ROOM_POLL_S)
+            self._space.clear()
+
+    def _drop_oldest(self) -> bool:
+        for position, item in enumerate(self._out):
+            if item.droppable:
+                del self._out[position]
+                self._frames -= 1
+                self._dropped_unreported += 1
+                self.dropped += 1
+                obs.REALTIME_FRAMES_DROPPED.inc()
+                return True
+        return False
+
+    def loop(self) -> None:
+        """Send until `stop()`."""
+        while not self.stopped:
+            if self._dropped_unreported:
+                count, self._dropped_unreported = self._dropped_unreported, 0
+                self._send(p.Dropped(count=count, total=self.dropped).model_dump_json())
+            if not self._out:
+                self._ready.wait(TICK_S)
+                self._ready.clear()
+                continue
+            item = self._out.popleft()
+            if item.frame:
+                self._frames -= 1
+                self._space.set()
+            self._send(item.message)
+            if item.frame:
+                self.sent += 1
+                obs.REALTIME_FRAMES_SENT.inc()
+                obs.REALTIME_FRAME_SECONDS.observe(time.perf_counter() - item.received)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._ready.set()
+        self._space.set()
+
+    def _send(self, message: str | bytes) -> None:
+        """Send one whole message. simple-websocket's `send` makes one `socket.send` call,
+        which on a gevent socket may write only part of a large frame; this writes it all
+        (holding the lock, so a close frame never lands inside it)."""
+        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+        with self._lock:
+            if not self.ws.connected:
+                raise SessionClosed(p.CLOSE_NORMAL, "")
+            self._sending_since = time.monotonic()
+            try:
+                self.ws.sock.sendall(self.ws.ws.send(event))
+            finally:
+                self._sending_since = None
+
+    def close(self, closed: SessionClosed) -> None:
+        """Close with `closed`'s code; a stalled reader's socket is just dropped (a close
+        frame would wait behind the unread data)."""
+        if closed.code == p.CLOSE_POLICY and "read nothing" in closed.reason:
+            with contextlib.suppress(OSError):
+                self.ws.sock.close()
+            self.ws.connected = False
+            return
+        with self._lock, contextlib.suppress(Exception):  # already closed by the peer
+            self.ws.close(reason=closed.code, message=closed.reason)
