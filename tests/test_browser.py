@@ -138,25 +138,14 @@ def test_reply_mode_plays_the_video_while_it_is_generated(page, face_file):
     assert page.problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the service's live WebM writes each Opus block 6.5 ms (the codec delay) after its "
-    "place in the interleaving, so block timecodes go back within a cluster and Chromium's "
-    "MediaSource refuses the stream (see README: In the browser)",
-)
 def test_reply_mode_streams_webm_through_mediasource(page, face_file):
-    assert generate_reply(page, face_file, "webm")["streamed"] is True
-
-
-def test_reply_mode_plays_a_webm_chromium_cannot_stream_once_complete(page, face_file):
+    """The streamed WebM goes to MediaSource as it arrives (its block timecodes never go
+    back, tests/test_stream_output.py) and plays while it is generated."""
     stats = generate_reply(page, face_file, "webm")
-    assert stats["state"] == "done"
-    if not stats["streamed"]:
-        assert "Played when complete" in stats["note"]
-    page.wait_for_function(f"() => {ID}('reply-video').currentTime > 0.5")
-    assert (
-        page.evaluate(f"() => {ID}('reply-video').getVideoPlaybackQuality().totalVideoFrames") > 0
-    )
+    assert stats["state"] == "done" and stats["streamed"] is True and stats["note"] is None
+    assert stats["numFrames"] == 138
+    assert stats["firstFrameMs"] < stats["doneMs"]
+    assert stats["atDone"]["currentTime"] > 0 and stats["atDone"]["decodedFrames"] > 0
     assert page.problems == []
 
 

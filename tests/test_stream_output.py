@@ -158,6 +158,53 @@ def test_live_webm_is_written_once_front_to_back() -> None:
     assert data[segment + 4 : segment + 12] == b"\x01\xff\xff\xff\xff\xff\xff\xff"
 
 
+def webm_block_times(data: bytes) -> list[tuple[int, int]]:
+    """(track number, timecode in ms) of every SimpleBlock, in file order."""
+    clusters, times, position, cluster_time = {0x18538067, 0x1F43B675}, [], 0, 0
+
+    def vint(at: int, keep_marker: bool = False) -> tuple[int, int]:
+        length = 9 - data[at].bit_length()
+        value = data[at] if keep_marker else data[at] & (0xFF >> length)
+        for byte in data[at + 1 : at + length]:
+            value = value << 8 | byte
+        return value, length
+
+    while position < len(data):
+        element, id_length = vint(position, keep_marker=True)
+        size, size_length = vint(position + id_length)
+        body = position + id_length + size_length
+        if element in clusters:  # a master element: walk into it
+            position = body
+            continue
+        if element == 0xE7:  # the cluster's timecode
+            cluster_time = int.from_bytes(data[body : body + size], "big")
+        elif element == 0xA3:  # SimpleBlock: track number, 16-bit relative timecode
+            track, track_length = vint(body)
+            offset = int.from_bytes(data[body + track_length : body + track_length + 2], "big")
+            times.append((track, cluster_time + (offset - (offset >> 15 << 16))))
+        position = body + size
+    return times
+
+
+@pytest.mark.parametrize("fps", [25, 29.97])
+def test_live_webm_block_timecodes_never_go_back(fps: float) -> None:
+    """Chromium's MediaSource refuses a cluster whose blocks go back in time; the muxer
+    writes Opus blocks 6.5 ms (the codec delay) after their place in the interleaving."""
+    frames = moving_frames(30)
+    with VideoEncoder(
+        width=64, height=48, fps=fps, audio=sine(1.2), sample_rate=16_000, live=True
+    ) as encoder:
+        encoder.write_batch(frames)
+        encoder.finish()
+        data = encoder.drain()
+    times = webm_block_times(data)
+    assert {track for track, _ in times} == {1, 2}  # video and audio blocks
+    assert [t for _, t in times] == sorted(t for _, t in times)
+    video = [t for track, t in times if track == 1]
+    assert video == [round(k * 1000 / fps) for k in range(30)]
+    assert len(decoded_frames(data)) == 30
+
+
 def test_codecs_and_drain_needs_live() -> None:
     def encoder(container: str, with_audio: bool, live: bool = True) -> VideoEncoder:
         return VideoEncoder(

@@ -32,6 +32,10 @@ _AVCOL_RANGE_MPEG = 1
 # turn it off; and the frames a whole-file x264 (veryfast: 10 lookahead, B-frames) holds.
 _LIVE_X264_LOOKAHEAD = 1
 _X264_HELD_FRAMES = 11
+# libopus's lookahead at 48 kHz (312 samples), signalled as the pre-skip and WebM's
+# CodecDelay; the WebM muxer writes each Opus block this much after its packet's time.
+_OPUS_DELAY = Fraction(312, AUDIO_RATE)
+_MILLISECOND = Fraction(1, 1000)
 # BGR -> limited-range BT.601 Y, Cb, Cr (rows), last column the offset, for cv2.transform.
 _BGR_TO_YCBCR = (
     np.array(
@@ -285,9 +289,31 @@ class VideoEncoder:
         video_frame.color_range = _AVCOL_RANGE_MPEG
         video_frame.pts = self.num_frames
         video_frame.time_base = self._video_stream.codec_context.time_base
-        self._output.mux(self._video_stream.encode(video_frame))
+        self._mux_video(self._video_stream.encode(video_frame))
         self.num_frames += 1
         self._write_audio_until(self.num_frames / self.rate)
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        """Mux video packets, in WebM with Opus on the audio's clock.
+
+        FFmpeg interleaves packets by decode time, but its WebM muxer writes each Opus block
+        at its time plus the codec delay (6.5 ms): an audio block interleaved before a video
+        frame could carry a later timecode than it, and Chromium's MediaSource refuses a
+        cluster whose block timecodes go back. A video packet's decode time (not written
+        in WebM) is therefore set the codec delay before its presentation time (written,
+        unchanged) in milliseconds, WebM's time unit: blocks go out in timecode order.
+        """
+        if self._audio is not None and self.options.container == "webm":
+            shift = math.ceil(_OPUS_DELAY / _MILLISECOND)
+            for packet in packets:
+                if packet.pts is None or packet.duration is None:  # never from an encoder
+                    continue
+                to_ms = packet.time_base / _MILLISECOND
+                pts = round(packet.pts * to_ms)
+                packet.duration = round(packet.duration * to_ms)
+                packet.time_base = _MILLISECOND
+                packet.pts, packet.dts = pts, pts - shift
+        self._output.mux(packets)
 
     def write_batch(self, frames: Iterable[np.ndarray]) -> None:
         """Encode several frames: a (k, height, width, 3) uint8 array or an iterable of
@@ -310,7 +336,7 @@ class VideoEncoder:
         try:
             if self.num_frames == 0:
                 raise ValueError("no frames were written")
-            self._output.mux(self._video_stream.encode(None))
+            self._mux_video(self._video_stream.encode(None))
             if self._audio_feed is not None:
                 self._audio_feed.end()
             if self._audio is not None:
