@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from lipsync.server.ray_serve import PROXY_ENV
-from tools.local_server import free_port
+from tools.local_server import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve_config.yaml"
@@ -48,17 +48,20 @@ def _run(args: list[str], env: dict[str, str], log: Path, timeout_s: float) -> N
         raise RuntimeError(f"{' '.join(args[:3])} failed ({done.returncode}):\n{log.read_text()}")
 
 
-def _node_ports() -> list[str]:
-    """Ports a node would otherwise take at fixed defaults (two nodes share this host)."""
-    ports = {
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(),
-    }
-    return [f"{k}={v}" for k, v in ports.items()]
+# Ports a node would otherwise take at fixed defaults (the nodes share this host).
+NODE_PORT_OPTIONS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
+def _node_ports(ports: list[int]) -> list[str]:
+    """One node's port options, taking its ports from `ports` (distinct free ports)."""
+    return [f"{option}={ports.pop()}" for option in NODE_PORT_OPTIONS]
 
 
 def start_cluster(
@@ -77,7 +80,9 @@ def start_cluster(
         **PROXY_ENV,
         **env,
     }
-    port = free_port()
+    # Every port of the cluster chosen at once: ports picked one by one could repeat.
+    ports = free_ports(3 + nodes * len(NODE_PORT_OPTIONS))
+    port = ports.pop()
     cluster = LocalRayCluster(f"127.0.0.1:{port}", work_dir, environment)
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--disable-usage-stats"]
     head = [
@@ -87,10 +92,10 @@ def start_cluster(
         f"--port={port}",
         f"--temp-dir={temp_dir}",
         "--include-dashboard=false",
-        f"--ray-client-server-port={free_port()}",
+        f"--ray-client-server-port={ports.pop()}",
         f"--object-store-memory={200 * 1024 * 1024}",
         *common,
-        *_node_ports(),
+        *_node_ports(ports),
     ]
     try:
         _run(head, environment, work_dir / "ray-start.log", timeout_s)
@@ -101,7 +106,7 @@ def start_cluster(
                 f"--address={cluster.address}",
                 f"--object-store-memory={200 * 1024 * 1024}",
                 *common,
-                *_node_ports(),
+                *_node_ports(ports),
             ]
             _run(worker, environment, work_dir / "ray-start.log", timeout_s)
     except BaseException:
