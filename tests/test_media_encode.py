@@ -21,7 +21,8 @@ from helpers import (
 )
 
 from lipsync.media import encode_audio
-from lipsync.media.encode import EncodedVideo, VideoEncoder, bgr_to_i420, encode_video, frame_rate
+from lipsync.media.colour import bgr_to_i420
+from lipsync.media.encode import EncodedVideo, VideoEncoder, encode_video, frame_rate
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.errors import UnsupportedMediaError
 from lipsync.media.video import decode_video

@@ -14,20 +14,16 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import cv2
 import numpy as np
 
 from lipsync.media.checks import check_int_range
+from lipsync.media.colour import AVCOL_RANGE_MPEG, AVCOL_SPC_SMPTE170M, bgr_to_i420
 from lipsync.media.encode_audio import AUDIO_RATE, AudioFeed, prepare_audio
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.outputs import ChunkSink, SharedReader, avc_codec_string, container_options
 
 logger = logging.getLogger(__name__)
 
-# FFmpeg enum values (libavutil/pixfmt.h) tagging the output matrix and range: BT.601
-# (SMPTE 170M) limited range, the conversion `bgr_to_i420` performs.
-_AVCOL_SPC_SMPTE170M = 6
-_AVCOL_RANGE_MPEG = 1
 # x264 lookahead (frames) in live mode: 1 keeps macroblock-tree rate control on, 0 would
 # turn it off; and the frames a whole-file x264 (veryfast: 10 lookahead, B-frames) holds.
 _LIVE_X264_LOOKAHEAD = 1
@@ -36,18 +32,6 @@ _X264_HELD_FRAMES = 11
 # CodecDelay; the WebM muxer writes each Opus block this much after its packet's time.
 _OPUS_DELAY = Fraction(312, AUDIO_RATE)
 _MILLISECOND = Fraction(1, 1000)
-# BGR -> limited-range BT.601 Y, Cb, Cr (rows), last column the offset, for cv2.transform.
-_BGR_TO_YCBCR = (
-    np.array(
-        [
-            [24.966, 128.553, 65.481, 16 * 255],
-            [112.0, -74.203, -37.797, 128 * 255],
-            [-18.214, -93.786, 112.0, 128 * 255],
-        ],
-        dtype=np.float32,
-    )
-    / 255
-)
 
 
 @dataclass(frozen=True)
@@ -63,22 +47,6 @@ class EncodedVideo:
     height: int
     fps: float
     audio_duration: float | None
-
-
-def bgr_to_i420(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, H and W even -> (H * 3 / 2, W) uint8 I420 (yuv420p planes Y, U,
-    V stacked), BT.601 limited range like swscale's default; chroma is the 2x2 mean
-    (cv2's COLOR_BGR2YUV_I420 point-samples it, which aliases on coloured edges)."""
-    height, width = frame.shape[:2]
-    ycbcr = cv2.transform(frame, _BGR_TO_YCBCR)
-    chroma = cv2.resize(ycbcr, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-    luma_size = height * width
-    chroma_size = luma_size // 4
-    out = np.empty(luma_size + 2 * chroma_size, dtype=np.uint8)
-    out[:luma_size].reshape(height, width)[:] = ycbcr[:, :, 0]
-    out[luma_size : luma_size + chroma_size].reshape(height // 2, width // 2)[:] = chroma[:, :, 1]
-    out[luma_size + chroma_size :].reshape(height // 2, width // 2)[:] = chroma[:, :, 2]
-    return out.reshape(height * 3 // 2, width)
 
 
 def frame_rate(fps: float) -> Fraction:
@@ -255,8 +223,8 @@ class VideoEncoder:
         ctx.time_base = 1 / self.rate
         ctx.gop_size = max(1, round(opts.keyframe_interval_s * self.rate))
         ctx.thread_count = opts.threads
-        ctx.colorspace = _AVCOL_SPC_SMPTE170M
-        ctx.color_range = _AVCOL_RANGE_MPEG
+        ctx.colorspace = AVCOL_SPC_SMPTE170M
+        ctx.color_range = AVCOL_RANGE_MPEG
         return stream
 
     def _add_audio_stream(self) -> av.audio.stream.AudioStream:
@@ -285,8 +253,8 @@ class VideoEncoder:
             )
         image = frame[: self.encoded_height, : self.encoded_width]
         video_frame = av.VideoFrame.from_ndarray(bgr_to_i420(image), format="yuv420p")
-        video_frame.colorspace = _AVCOL_SPC_SMPTE170M
-        video_frame.color_range = _AVCOL_RANGE_MPEG
+        video_frame.colorspace = AVCOL_SPC_SMPTE170M
+        video_frame.color_range = AVCOL_RANGE_MPEG
         video_frame.pts = self.num_frames
         video_frame.time_base = self._video_stream.codec_context.time_base
         self._mux_video(self._video_stream.encode(video_frame))

@@ -125,7 +125,7 @@ def _outcome(fn: Callable[..., T], args: tuple) -> tuple[T | None, BaseException
         return None, exc
 
 
-class _NativeEvent:
+class NativeEvent:
     """Auto-reset event on OS locks: `set` from any thread, `wait` on a native thread."""
 
     def __init__(self) -> None:
@@ -214,9 +214,9 @@ class ThreadedStream(Generic[T]):
         self._done = False
         self._abandoned = False
         self._finished = False
-        self._space = _NativeEvent()  # producer waits on it: the reader took an item
+        self._space = NativeEvent()  # producer waits on it: the reader took an item
         self._gevent = gevent_active()
-        self._ready: _HubEvent | _NativeEvent | None = None  # the reader waits on it
+        self._ready: _HubEvent | NativeEvent | None = None  # the reader waits on it
         self._started = False
 
     @property
@@ -267,7 +267,7 @@ class ThreadedStream(Generic[T]):
     # -- producer side ---------------------------------------------------------------------
 
     @property
-    def _event(self) -> _HubEvent | _NativeEvent:
+    def _event(self) -> _HubEvent | NativeEvent:
         """What the reader waits on (made when iteration starts)."""
         if self._ready is None:
             raise RuntimeError("the stream has not started")
@@ -275,7 +275,7 @@ class ThreadedStream(Generic[T]):
 
     def _start_producer(self) -> None:
         # made here, on the reader's greenlet: its watcher belongs to that loop
-        self._ready = _HubEvent() if self._gevent else _NativeEvent()
+        self._ready = _HubEvent() if self._gevent else NativeEvent()
         if isinstance(self._ready, _HubEvent):
             self._ready.hub.threadpool.spawn(self._run)
         else:

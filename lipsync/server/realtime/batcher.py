@@ -27,7 +27,7 @@ from inference_engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.faces import PreparedFace
 from lipsync.runtime.wav2lip import FaceFeatures, Wav2LipGenerator
 from lipsync.server import observability as obs
-from lipsync.server.offload import _NativeEvent
+from lipsync.server.offload import NativeEvent
 from lipsync.util import native_lock
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class _Job:
     mouths: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
-    wake: _NativeEvent = field(default_factory=_NativeEvent)
+    wake: NativeEvent = field(default_factory=NativeEvent)
 
 
 class _Ticket:
@@ -78,7 +78,7 @@ class FrameBatcher:
         self._pending: list[_Job] = []
         self._owners = itertools.count()
         self._last_seen: dict[int, float] = {}  # owner -> time.monotonic() of its last job
-        self._arrived = _NativeEvent()
+        self._arrived = NativeEvent()
 
     def starter(
         self, engine: Wav2LipInferenceEngine, prepared: PreparedFace, model: str
