@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -89,7 +90,14 @@ def test_a_client_that_hangs_up_stops_the_generation(live_server):
     logs the stream as client_gone with fewer bytes than a whole reply."""
     long_speech = b64(wav_bytes(20.0))
     body = payload(audio=long_speech, stream=True)
-    with requests.post(live_server.url + "/api/generate", json=body, stream=True, timeout=60) as r:
+    request_id = "hangs-up-" + uuid.uuid4().hex  # the server log is shared with other tests
+    with requests.post(
+        live_server.url + "/api/generate",
+        json=body,
+        stream=True,
+        timeout=60,
+        headers={"X-Request-ID": request_id},
+    ) as r:
         assert r.status_code == 200
         assert next(r.iter_content(1024))
     deadline = time.monotonic() + 30
@@ -97,7 +105,7 @@ def test_a_client_that_hangs_up_stops_the_generation(live_server):
         ends = [
             json.loads(line)
             for line in live_server.log_path.read_text().splitlines()
-            if '"stream_end"' in line
+            if '"stream_end"' in line and request_id in line
         ]
         if ends:
             break
