@@ -240,12 +240,14 @@ def test_a_wrong_or_missing_key_is_refused_before_the_upgrade(server, offered):
 # -- many sessions, one model --------------------------------------------------------------
 
 
-def test_two_sessions_share_inference_batches_and_keep_their_frames(
+def test_two_concurrent_sessions_go_through_the_batcher_and_keep_their_frames(
     server, avatar_id, speech, untrained_models
 ):
-    """Two sessions fed at once run some batches together (the batch-sessions histogram
-    counts batches of 2), and each still gets exactly its offline frames."""
-    before = metric(server, "lipsync_realtime_batch_sessions")
+    """Two sessions fed at once: their inferences go through the shared batcher (counted in
+    the batch histograms) and each still gets exactly its offline frames. Whether two
+    sessions' windows meet in one batch depends on timing here; that pending windows of
+    several sessions do run as one batch is tests/test_realtime_batcher.py's."""
+    before = metric(server, "lipsync_realtime_batch_frames")
     samples = speech[: (2 * 16000)]
     results: list[list] = [[], []]
 
@@ -261,13 +263,9 @@ def test_two_sessions_share_inference_batches_and_keep_their_frames(
         thread.start()
     for thread in threads:
         thread.join()
-    after = metric(server, "lipsync_realtime_batch_sessions")
-    key_all, key_one = (
-        "lipsync_realtime_batch_sessions_count",
-        ('lipsync_realtime_batch_sessions_bucket{le="1.0"}'),
-    )
-    shared = (after[key_all] - before.get(key_all, 0)) - (after[key_one] - before.get(key_one, 0))
-    assert shared > 0
+    after = metric(server, "lipsync_realtime_batch_frames")
+    key = "lipsync_realtime_batch_frames_sum"
+    assert after[key] - before.get(key, 0) == 2 * len(results[0])  # every frame, batched
     reference = offline_frames(untrained_models, samples)
     jpegs = [encode_image(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 100]) for f in reference]
     for frames in results:
