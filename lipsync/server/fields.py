@@ -16,6 +16,7 @@ import binascii
 import json
 import math
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -171,24 +172,42 @@ def non_negative(values: list[int] | None) -> list[int] | None:
     return values
 
 
-def number(minimum: float, maximum: float, description: str, default: float) -> tuple[Any, ...]:
-    """A number field (`float | None`) within [minimum, maximum]."""
-    sign = "[+-]" if minimum < 0 else "[+]"
-    text = {"type": "string", "pattern": rf"^\s*{sign}?\d+(\.\d+)?\s*$"}
+def _ranged(
+    parse: Callable[[Any], float | int | None],
+    json_type: str,
+    bounds: tuple[float, float],
+    description: str,
+    default: float,
+    form: dict[str, Any],
+) -> tuple[Any, ...]:
+    """A numeric field read by `parse`, within `bounds` (inclusive), documented as
+    `json_type` in JSON and by the `form` schema in forms."""
+    minimum, maximum = bounds
     return (
-        BeforeValidator(parse_number),
+        BeforeValidator(parse),
         AfterValidator(lambda value: in_range(value, minimum, maximum)),
         WithJsonSchema(
             {
-                "type": ["number", "null"],
+                "type": [json_type, "null"],
                 "minimum": minimum,
                 "maximum": maximum,
                 "description": description,
             }
         ),
         Field(json_schema_extra={"default": default}),
-        Form({**text, "description": f"a number {minimum:g}..{maximum:g}"}),
+        Form(form),
     )
+
+
+def number(minimum: float, maximum: float, description: str, default: float) -> tuple[Any, ...]:
+    """A number field (`float | None`) within [minimum, maximum]."""
+    sign = "[+-]" if minimum < 0 else "[+]"
+    form = {
+        "type": "string",
+        "pattern": rf"^\s*{sign}?\d+(\.\d+)?\s*$",
+        "description": f"a number {minimum:g}..{maximum:g}",
+    }
+    return _ranged(parse_number, "number", (minimum, maximum), description, default, form)
 
 
 def parse_integer(value: Any) -> int | None:
@@ -203,20 +222,8 @@ def parse_integer(value: Any) -> int | None:
 
 def integer(minimum: int, maximum: int, description: str, default: int) -> tuple[Any, ...]:
     """An integer field (`int | None`) within [minimum, maximum]."""
-    return (
-        BeforeValidator(parse_integer),
-        AfterValidator(lambda value: in_range(value, minimum, maximum)),
-        WithJsonSchema(
-            {
-                "type": ["integer", "null"],
-                "minimum": minimum,
-                "maximum": maximum,
-                "description": description,
-            }
-        ),
-        Field(json_schema_extra={"default": default}),
-        Form({"type": "string", "pattern": r"^\s*[+]?\d+\s*$"}),
-    )
+    form = {"type": "string", "pattern": r"^\s*[+]?\d+\s*$"}
+    return _ranged(parse_integer, "integer", (minimum, maximum), description, default, form)
 
 
 def int_list(description: str, *, unsigned: bool, default: Any) -> tuple[Any, ...]:
