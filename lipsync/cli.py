@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO, cast
 from lipsync.errors import InvalidInputError
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, RenderOptions
 from lipsync.settings import FORMATS, Settings
-from lipsync.util import configure_logging
+from lipsync.util import configure_logging, write_atomically
 
 if TYPE_CHECKING:
     from lipsync.media.encode_options import ContainerName
@@ -214,17 +214,6 @@ def render(
         on_frames=None if quiet else Progress(sys.stderr),
     )
     return result.video.data
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a hidden sibling, then rename it: no half-written video under `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Progress:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from lipsync.media.encode_options import ContainerName, EncodeOptions
 from lipsync.media.images import decode_image
 from lipsync.options import DEFAULT_PADS, RenderOptions, output_size
 from lipsync.settings import Settings
+from lipsync.util import write_atomically
 
 # A quality mode is a generator and an output size (`lipsync.options.QUALITY_BOUNDS`):
 # standard fits 1280x720 with the base model, high 1920x1080 with the GAN-trained one.
@@ -133,7 +133,7 @@ class Wav2LipTalkingHead:
             )
         speech = self._read_speech(audio_path)
         result = self._render(speech, fps, container, include_audio)
-        self._write_atomically(output_path, result.video.data)
+        write_atomically(output_path, result.video.data)
         return str(output_path)
 
     def stream(
@@ -267,14 +267,3 @@ class Wav2LipTalkingHead:
         if not path.is_file():
             raise FileNotFoundError(f"audio file not found: {path}")
         return generation.decode_speech(path.read_bytes(), self.settings)
-
-    @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

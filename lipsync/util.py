@@ -6,7 +6,9 @@ import _thread
 import contextlib
 import hashlib
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
@@ -74,6 +76,19 @@ def timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[No
     finally:
         if timings is not None:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a hidden sibling of `path`, then rename it: no half-written file under `path`,
+    and no sibling left behind when writing fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sha256_file(path: str | Path) -> str:
