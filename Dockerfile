@@ -41,11 +41,10 @@ COPY requirements.txt requirements-conversion.txt ./
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" \
         -r requirements.txt -r requirements-conversion.txt
 
-# The converter and what it imports: tools/ (checkpoints, downloads, random init, IR export),
-# networks/ and lipsync/ (its small helpers).
+# The converter's entry point and the package it runs from: lipsync/conversion/ (checkpoints,
+# downloads, random init, IR export), lipsync/networks/ (the torch definitions) and the
+# package's small helpers.
 COPY convert_to_openvino.py ./
-COPY networks/ ./networks/
-COPY tools/ ./tools/
 COPY lipsync/ ./lipsync/
 COPY checkpoint[s] ./checkpoints/
 
@@ -122,14 +121,13 @@ RUN useradd --uid 10001 --user-group --no-log-init --create-home \
 
 COPY --from=convert /build/models/ ./models/
 # The serving code only, installed as the `lipsync` package (no extras; its dependencies are
-# requirements.txt, installed above, so pip adds nothing): the top-level modules the service
-# imports, face_detection/ and lipsync/. Not convert_to_openvino.py, networks/, tools/,
-# bench/ or tests/ (torch code and development tools); converting happens in the convert stage.
+# requirements.txt, installed above, so pip adds nothing), without its torch-only subpackages
+# (lipsync/conversion/, lipsync/networks/: converting happens in the convert stage). Not the
+# source tree's entry points, tools/, bench/ or tests/.
 COPY pyproject.toml requirements.txt /tmp/src/
-COPY app.py inference_engine.py audio.py /tmp/src/
-COPY face_detection/ /tmp/src/face_detection/
 COPY lipsync/ /tmp/src/lipsync/
-RUN pip install --no-cache-dir /tmp/src && rm -rf /tmp/src
+RUN rm -rf /tmp/src/lipsync/conversion /tmp/src/lipsync/networks \
+    && pip install --no-cache-dir /tmp/src && rm -rf /tmp/src
 
 # Everything the service writes goes under /var/cache/lipsync (mount a volume there to keep the
 # compiled-model cache and the registered avatars across container restarts).

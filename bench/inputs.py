@@ -13,7 +13,7 @@ import cv2
 import soundfile as sf
 
 from bench.models import ROOT
-from tools import generated_inputs
+from lipsync.conversion import generated_inputs
 
 FACE_IMAGE = ROOT / "test_assets" / "face.jpg"
 # The face of test_assets/face.jpg (512x512) as (top, bottom, left, right), by eye.

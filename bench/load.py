@@ -104,7 +104,7 @@ def run_round(url: str, payload: dict, concurrency: int, seconds: float) -> dict
 def models_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    import convert_to_openvino
+    from lipsync.conversion import convert as convert_to_openvino
 
     target = ROOT / ".cache" / "bench-models"
     if not (target / "manifest.json").is_file():

@@ -13,9 +13,9 @@ from typing import Any
 
 import openvino as ov
 
-from inference_engine import DETECTOR_NAME
+from lipsync.conversion import quantize_int8
+from lipsync.engine import DETECTOR_NAME
 from lipsync.runtime.core import PRECISIONS, cpu_supports_bf16
-from tools import quantize_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_MODELS = ROOT / ".cache" / "bench-models"
@@ -43,7 +43,9 @@ def prepare_models(models_dir: Path | None) -> tuple[Path, bool]:
     if not has_models(models_dir):
         if models_dir != BENCH_MODELS:
             raise SystemExit(f"error: {models_dir} has no {MODEL}.xml / {DETECTOR_NAME}.xml")
-        import convert_to_openvino  # torch: conversion only, never in a measured child
+        from lipsync.conversion import (
+            convert as convert_to_openvino,  # torch: conversion only, never in a measured child
+        )
 
         print(f"converting random-init models into {models_dir} ...", flush=True)
         if convert_to_openvino.main(["--random-init", "0", "--output-dir", str(models_dir)]):
@@ -63,15 +65,24 @@ def ensure_int8(models_dir: Path) -> str | None:
         return None
     if models_dir != BENCH_MODELS:
         return (
-            f"{int8_xml(models_dir).name} missing: run python -m tools.quantize_int8 "
+            f"{int8_xml(models_dir).name} missing: run python -m lipsync.conversion.quantize_int8 "
             f"--models-dir {models_dir}"
         )
-    print("quantizing the bench models to INT8 (python -m tools.quantize_int8) ...", flush=True)
-    cmd = [sys.executable, "-m", "tools.quantize_int8", "--models-dir", str(models_dir)]
+    print(
+        "quantizing the bench models to INT8 (python -m lipsync.conversion.quantize_int8) ...",
+        flush=True,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lipsync.conversion.quantize_int8",
+        "--models-dir",
+        str(models_dir),
+    ]
     cmd += ["--models", MODEL]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        return f"tools.quantize_int8 failed: {done.stderr.strip().splitlines()[-1:]}"
+        return f"quantize_int8 failed: {done.stderr.strip().splitlines()[-1:]}"
     return None
 
 

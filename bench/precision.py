@@ -13,6 +13,7 @@ import openvino as ov
 
 from bench.models import MODEL, OV_CACHE, int8_hint, int8_xml
 from bench.stages import fps_stats
+from lipsync.conversion import generated_inputs, quantize_int8
 from lipsync.runtime.core import CompiledNetwork, make_core
 from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,
@@ -22,7 +23,6 @@ from lipsync.runtime.wav2lip import (
     audio_input,
     to_uint8_faces,
 )
-from tools import generated_inputs, quantize_int8
 
 HINT_BATCH = 16
 ACCURACY_BATCH = 16

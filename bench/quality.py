@@ -40,13 +40,13 @@ from bench.machine import machine_info
 from bench.models import OV_CACHE, prepare_models
 from bench.pipeline import UNTRAINED_BANNER
 from bench.stages import run_once
-from inference_engine import Wav2LipInferenceEngine
 from lipsync import compositing, generation
+from lipsync.conversion import generated_inputs
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.options import RenderOptions
 from lipsync.settings import Settings
 from lipsync.util import batched
-from tools import generated_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"

@@ -36,9 +36,9 @@ import numpy as np
 import requests
 import websocket
 
-import audio
 from bench.load import models_dir
 from bench.models import usable_precisions
+from lipsync import audio
 from lipsync.server.realtime import protocol as p
 from tools import local_server
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from bench.machine import rss_mb
 from bench.models import MODEL, OV_CACHE
-from face_detection import FaceNotDetectedError
-from inference_engine import DETECTOR_NAME, Wav2LipInferenceEngine
 from lipsync import generation
+from lipsync.engine import DETECTOR_NAME, Wav2LipInferenceEngine
+from lipsync.face_detection import FaceNotDetectedError
 from lipsync.media.encode import EncodedVideo
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.options import RenderOptions

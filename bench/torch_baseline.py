@@ -22,7 +22,7 @@ TORCH_BATCH = 16
 
 def torch_networks(models_dir: Path):
     """The PyTorch Wav2Lip and S3FD built from the checkpoints the IR was converted from."""
-    from tools import checkpoints  # torch: only in this child, never in a measured one
+    from lipsync.conversion import checkpoints  # torch: only in this child, never in a measured one
 
     ckpt = models_dir / "untrained-checkpoints"
     if not ckpt.is_dir():
@@ -72,8 +72,8 @@ def torch_child(cfg: dict[str, Any]) -> dict[str, Any]:
     frames/s at batch 16. Repetition comes from the alternating comparison rounds."""
     import torch
 
-    import audio
-    from networks import reference_pipeline as ref
+    from lipsync import audio
+    from lipsync.networks import reference_pipeline as ref
 
     torch.set_num_threads(cfg["threads"])
     wav2lip, s3fd = torch_networks(Path(cfg["models_dir"]))

@@ -13,8 +13,8 @@ rate)), fps, audio.num_video_frames(n16k, fps))`` exactly, whatever the chunking
 import numpy as np
 import soxr
 
-import audio
-from audio import HOP_LENGTH, MEL_WINDOW, MIN_MEL_SAMPLES, N_FFT, N_MELS, SAMPLE_RATE
+from lipsync import audio
+from lipsync.audio import HOP_LENGTH, MEL_WINDOW, MIN_MEL_SAMPLES, N_FFT, N_MELS, SAMPLE_RATE
 
 # 16 kHz samples past a frame's start that its window reads: the last column's centre is
 # (MEL_WINDOW - 1) hops on, and its STFT frame reaches N_FFT // 2 further.

@@ -124,14 +124,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def convert(argv: list[str]) -> int:
-    """convert_to_openvino.main: needs the source tree's module and the conversion extra."""
+    """lipsync.conversion.convert.main: needs the conversion extra (torch)."""
     try:
-        # By name: the serving image has neither the converter nor torch.
-        converter = importlib.import_module("convert_to_openvino")
+        # By name, at call time: the serving image has no torch.
+        converter = importlib.import_module("lipsync.conversion.convert")
     except ModuleNotFoundError as exc:
         return _fail(
-            f"lipsync convert needs {exc.name} (install the source tree with the conversion "
-            "extra: pip install -e '.[conversion]')",
+            f"lipsync convert needs {exc.name} (install the conversion extra: "
+            "pip install -e '.[conversion]')",
             EXIT_FAILURE,
         )
     return converter.main(argv)
@@ -186,8 +186,8 @@ def render(
     quiet: bool,
 ) -> bytes:
     """Decode both files, detect the face, lip-sync and encode. -> the video file's bytes."""
-    from inference_engine import Wav2LipInferenceEngine
     from lipsync import generation
+    from lipsync.engine import Wav2LipInferenceEngine
     from lipsync.media.encode_options import EncodeOptions
 
     speech = generation.decode_speech(audio_path.read_bytes(), settings)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import audio
-from inference_engine import Wav2LipInferenceEngine
-from lipsync import compositing
+from lipsync import audio, compositing
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.faces import PreparedFace
 from lipsync.media.audio_probe import declared_audio

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import audio
-from inference_engine import BatchStart, Wav2LipInferenceEngine
+from lipsync import audio
 from lipsync.audio_stream import SpeechStream
+from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.errors import AudioError, ErrorCode
 from lipsync.faces import PreparedFace
 from lipsync.options import RenderOptions

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-import audio
-from inference_engine import Wav2LipInferenceEngine
-from lipsync import generation
+from lipsync import audio, generation
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import InvalidFieldError
 from lipsync.faces import PreparedFace
 from lipsync.media.encode_options import ContainerName, EncodeOptions

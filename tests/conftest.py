@@ -57,7 +57,7 @@ def _build_once(target: Path, build) -> Path:
 @pytest.fixture(scope="session")
 def untrained_models() -> Path:
     """A models dir with wav2lip, wav2lip_gan and face_detection IR from random-init weights."""
-    import convert_to_openvino
+    from lipsync.conversion import convert as convert_to_openvino
 
     def build(tmp: Path) -> None:
         assert convert_to_openvino.main(["--random-init", str(SEED), "--output-dir", str(tmp)]) == 0
@@ -69,8 +69,8 @@ def untrained_models() -> Path:
 def blind_models(untrained_models: Path) -> Path:
     """Like `untrained_models`, but the detector's face logits are pushed far down: it is
     a real network that never finds a face, for the face_not_detected paths."""
-    from tools.checkpoints import load_s3fd_state_dict
-    from tools.ir_export import convert_s3fd
+    from lipsync.conversion.checkpoints import load_s3fd_state_dict
+    from lipsync.conversion.ir_export import convert_s3fd
 
     def build(tmp: Path) -> None:
         state = load_s3fd_state_dict(untrained_models / "untrained-checkpoints" / "s3fd.pth")
@@ -89,7 +89,7 @@ def blind_models(untrained_models: Path) -> Path:
 @pytest.fixture(scope="module")
 def client(untrained_models):
     """Flask's test client on the untrained models; no OpenVINO cache, avatars in memory."""
-    from app import create_app
+    from lipsync.server.app import create_app
 
     return create_app(
         {"models_dir": untrained_models, "cache_dir": None, "avatar_dir": None}

@@ -34,17 +34,17 @@ FACE_BOX = (50, 180, 165, 280)
 # Every project module the converter imports (tests/test_convert.py checks that the list is
 # complete): an edit to any of them is a new cache key, so the test models are converted again.
 CONVERTER_SOURCES = (
-    "convert_to_openvino.py",
     "lipsync/__init__.py",
     "lipsync/util.py",
-    "networks/__init__.py",
-    "networks/s3fd.py",
-    "networks/wav2lip.py",
-    "tools/__init__.py",
-    "tools/checkpoint_download.py",
-    "tools/checkpoints.py",
-    "tools/ir_export.py",
-    "tools/random_init.py",
+    "lipsync/conversion/__init__.py",
+    "lipsync/conversion/checkpoint_download.py",
+    "lipsync/conversion/checkpoints.py",
+    "lipsync/conversion/convert.py",
+    "lipsync/conversion/ir_export.py",
+    "lipsync/conversion/random_init.py",
+    "lipsync/networks/__init__.py",
+    "lipsync/networks/s3fd.py",
+    "lipsync/networks/wav2lip.py",
 )
 
 

@@ -10,7 +10,7 @@ import re
 import pytest
 from helpers import ASSETS, FACE_BOX, assert_error, b64, probe_video, wav_bytes
 
-from app import create_app
+from lipsync.server.app import create_app
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
-import audio
+from lipsync import audio
 
 MEL_TOLERANCE = 1e-3
 

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-import audio
+from lipsync import audio
 from lipsync.audio_stream import LOOKAHEAD_SAMPLES, LOOKAHEAD_SECONDS, MelStream, SpeechStream
 
 SPEECH_PATH = Path(__file__).resolve().parent.parent / "test_assets" / "speech.wav"

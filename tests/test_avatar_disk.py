@@ -12,10 +12,10 @@ import pytest
 from helpers import FACE_BOX, assert_error, b64, wav_bytes
 from test_avatar_lru import decode, image_bytes, prepare
 
-from app import create_app
 from lipsync.avatar_store.disk import BOXES_FILE, CROPS_FILE, META_FILE, SOURCE_FILE, DiskAvatars
 from lipsync.avatars import AvatarStore
 from lipsync.options import RenderOptions
+from lipsync.server.app import create_app
 
 
 def entry_bytes(tmp_path) -> int:

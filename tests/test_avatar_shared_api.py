@@ -13,8 +13,8 @@ import requests
 import websocket
 from helpers import FACE_BOX, assert_error, b64, start_server, stop_server, wav_bytes
 
-from app import create_app
 from lipsync.errors import ErrorCode
+from lipsync.server.app import create_app
 
 CODE = ErrorCode.AVATAR_STORE_UNAVAILABLE.code
 

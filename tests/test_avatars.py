@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from helpers import ASSETS, assert_error, b64, decode, wav_bytes
 
-from app import create_app
 from lipsync.avatars import AVATAR_ID_PATTERN
 from lipsync.faces import frame_order
+from lipsync.server.app import create_app
 
 
 @pytest.fixture(scope="module")

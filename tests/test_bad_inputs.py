@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 from helpers import ASSETS, FACE_BOX, assert_error, b64, make_clip, png_header_only, wav_bytes
 
-from app import create_app
 from lipsync.media import images
+from lipsync.server.app import create_app
 
 SPEECH_SECONDS = 0.6
 SPEECH_FRAMES = 15  # ceil(0.6 s * 25 fps)

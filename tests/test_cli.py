@@ -280,14 +280,15 @@ def test_serve_refuses_invalid_settings_in_one_line(capsys, monkeypatch):
 
 def test_convert_passes_every_flag_to_the_converter(monkeypatch):
     seen = []
-    fake = types.ModuleType("convert_to_openvino")
+    fake = types.ModuleType("lipsync.conversion.convert")
     fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "convert_to_openvino", fake)
+    monkeypatch.setitem(sys.modules, "lipsync.conversion.convert", fake)
     assert cli.main(["convert", "--help", "--random-init", "0"]) == 7
     assert seen == [["--help", "--random-init", "0"]]
 
 
 def test_convert_without_the_converter_is_one_line(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "convert_to_openvino", None)  # as in the serving image
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in the serving image
+    monkeypatch.delitem(sys.modules, "lipsync.conversion.convert", raising=False)
     status, stderr = run_in_process(capsys, monkeypatch, "convert", "--random-init", "0")
-    assert_one_line_error(status, stderr, 1, "convert_to_openvino", "conversion")
+    assert_one_line_error(status, stderr, 1, "needs torch", "conversion")

@@ -23,10 +23,10 @@ import torch
 from helpers import CONVERTER_SOURCES, ROOT
 from torch.nn import functional as F
 
-import convert_to_openvino as conv
-from networks import S3FD, L2Norm, Wav2Lip
-from networks.wav2lip import ConvBlock
-from tools import checkpoint_download, checkpoints, ir_export, random_init
+from lipsync.conversion import checkpoint_download, checkpoints, ir_export, random_init
+from lipsync.conversion import convert as conv
+from lipsync.networks import S3FD, L2Norm, Wav2Lip
+from lipsync.networks.wav2lip import ConvBlock
 
 SEED = 0
 slow = pytest.mark.slow  # needs the session's random-init conversion (~20 s)
@@ -550,7 +550,7 @@ def test_cache_key_hashes_every_module_the_converter_imports() -> None:
     converter imports but the list misses would leave stale models in .cache after an edit."""
 
     listing = (
-        "import sys, convert_to_openvino\n"
+        "import sys, lipsync.conversion.convert\n"
         "prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}\n"
         "for m in list(sys.modules.values()):\n"
         "    f = getattr(m, '__file__', None)\n"
@@ -563,5 +563,5 @@ def test_cache_key_hashes_every_module_the_converter_imports() -> None:
     assert done.returncode == 0, done.stderr
     files = [Path(line).resolve() for line in done.stdout.splitlines() if Path(line).is_absolute()]
     imported = {f.relative_to(ROOT).as_posix() for f in files if f.is_relative_to(ROOT)}
-    assert "tools/random_init.py" in imported  # the listing sees the project's modules
+    assert "lipsync/conversion/random_init.py" in imported  # the listing sees the project's modules
     assert imported <= set(CONVERTER_SOURCES), sorted(imported - set(CONVERTER_SOURCES))

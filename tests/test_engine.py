@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from helpers import FACE_BOX
 
-import audio
-from face_detection import FaceNotDetectedError
-from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine
+from lipsync import audio
+from lipsync.conversion import checkpoints
+from lipsync.engine import ModelNotFoundError, Wav2LipInferenceEngine
+from lipsync.face_detection import FaceNotDetectedError
 from lipsync.faces import frame_order
+from lipsync.networks import reference_pipeline
 from lipsync.options import RenderOptions
-from networks import reference_pipeline
-from tools import checkpoints
 
 # Parity budget of the issue: every frame within 2 grey levels of the reference.
 MAX_GREY_DIFF = 2

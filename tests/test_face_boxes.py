@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from face_detection import boxes
+from lipsync.face_detection import boxes
 
 
 def head_outputs(size: int = 64, batch: int = 1) -> list[np.ndarray]:

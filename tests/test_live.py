@@ -9,8 +9,8 @@ import pytest
 import soxr
 from helpers import ASSETS, FACE_BOX
 
-import audio
-from inference_engine import Wav2LipInferenceEngine
+from lipsync import audio
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import AudioError, ErrorCode
 from lipsync.live import LiveLipSync
 from lipsync.options import RenderOptions

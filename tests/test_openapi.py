@@ -17,9 +17,9 @@ from helpers import ASSETS, FACE_BOX, ROOT, b64, wav_bytes
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
-from app import create_app
 from lipsync.errors import ErrorCode
 from lipsync.server import openapi
+from lipsync.server.app import create_app
 
 
 @pytest.fixture(scope="module")

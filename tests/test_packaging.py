@@ -25,16 +25,50 @@ def requirement_files() -> dict[str, list[str]]:
     return files
 
 
-# Packages used from a checkout only: benchmarks run as `python -m bench.<name>`.
-CHECKOUT_ONLY = {"bench"}
+# The design card's names, kept in the source tree as thin entry points into lipsync.
+ENTRY_POINTS = {"app.py", "inference_engine.py", "audio.py", "convert_to_openvino.py"}
+# Used from a checkout only: benchmarks (`python -m bench.<name>`), the test harness (tools/)
+# and the design card's face_detection/ entry point.
+CHECKOUT_ONLY = {"bench", "tools", "face_detection"}
 
 
-def test_every_top_level_module_and_package_is_installed():
-    modules = {p.stem for p in ROOT.glob("*.py")}
-    assert set(SETUPTOOLS["py-modules"]) == modules
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - CHECKOUT_ONLY
-    included = {pattern.rstrip("*") for pattern in SETUPTOOLS["packages"]["find"]["include"]}
-    assert packages == included == {"lipsync", "face_detection", "networks", "tools"}
+def test_only_the_lipsync_package_is_installed():
+    assert SETUPTOOLS["py-modules"] == []
+    assert SETUPTOOLS["packages"]["find"]["include"] == ["lipsync*"]
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages - CHECKOUT_ONLY == {"lipsync"}
+    assert {p.name for p in ROOT.glob("*.py")} == ENTRY_POINTS
+
+
+def test_the_entry_points_only_re_export_lipsync():
+    """Each is a few lines that import from lipsync: the code lives in the package."""
+    for path in [*(ROOT / name for name in ENTRY_POINTS), ROOT / "face_detection/__init__.py"]:
+        text = path.read_text()
+        imports = [line for line in text.splitlines() if line.startswith(("from ", "import "))]
+        assert any(line.startswith("from lipsync") for line in imports), path
+        assert all(
+            line.startswith(("from lipsync", "from __future__", "from typing", "import sys"))
+            for line in imports
+        ), path
+        assert len(text.splitlines()) < 40, path
+
+
+def test_the_entry_points_expose_what_the_design_card_names():
+    import app
+    import audio
+    import convert_to_openvino
+    import face_detection
+    import inference_engine
+    from lipsync import audio as lipsync_audio
+    from lipsync.engine import Wav2LipInferenceEngine
+    from lipsync.face_detection import S3FDDetector
+    from lipsync.server.app import create_app
+
+    assert app.create_app is create_app
+    assert inference_engine.Wav2LipInferenceEngine is Wav2LipInferenceEngine
+    assert audio.melspectrogram is lipsync_audio.melspectrogram
+    assert face_detection.S3FDDetector is S3FDDetector
+    assert callable(convert_to_openvino.main)
 
 
 def test_the_extras_and_their_files():

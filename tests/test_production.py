@@ -16,7 +16,6 @@ import pytest
 import requests
 from helpers import ASSETS, FACE_BOX, assert_error, b64, start_server, stop_server, wav_bytes
 
-from app import create_app
 from lipsync.server.admission import (
     AdmissionController,
     ClientDisconnectedError,
@@ -24,6 +23,7 @@ from lipsync.server.admission import (
     OverloadedError,
     peer_closed,
 )
+from lipsync.server.app import create_app
 
 
 def make_client(models, **overrides):

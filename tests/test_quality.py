@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from helpers import ASSETS, FACE_BOX
 
-import audio
-from face_detection import FaceNotDetectedError
-from inference_engine import Wav2LipInferenceEngine
-from lipsync import generation
+from lipsync import audio, generation
 from lipsync.avatars import AvatarStore, avatar_id_for
+from lipsync.engine import Wav2LipInferenceEngine
+from lipsync.face_detection import FaceNotDetectedError
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.sizing import fit_frames, scale_box
 from lipsync.options import QUALITY_BOUNDS, RenderOptions, output_size

@@ -13,10 +13,10 @@ import openvino as ov
 import pytest
 from helpers import FACE_BOX, generator_from
 
-import audio
+from lipsync import audio
+from lipsync.conversion import generated_inputs, quantize_int8
 from lipsync.runtime.wav2lip import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, OUTPUT
 from lipsync.util import sha256_file
-from tools import generated_inputs, quantize_int8
 
 SAMPLES = 32
 # Measured on the seed-0 untrained generator (32 and 300 calibration samples alike):
@@ -190,7 +190,7 @@ def test_quantize_generator_is_importable_and_returns_the_path(quantized_dir, tm
 def test_engine_runs_the_int8_generator(quantized_dir, untrained_models, face_image):
     """precision="int8": the engine loads wav2lip.int8.xml, the detector stays float."""
 
-    from inference_engine import ModelNotFoundError, Wav2LipInferenceEngine
+    from lipsync.engine import ModelNotFoundError, Wav2LipInferenceEngine
 
     for ext in (".xml", ".bin"):
         (quantized_dir / f"face_detection{ext}").symlink_to(

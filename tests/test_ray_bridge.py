@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from app import create_app
 from lipsync.server.admission import ClientDisconnectedError, Deadline
+from lipsync.server.app import create_app
 from lipsync.server.asgi_bridge import CONNECTION_KEY, WEBSOCKET_REFUSED, WsgiOnAsgi
 
 WAIT_S = 30

@@ -16,8 +16,8 @@ import pytest
 import websocket
 from helpers import ASSETS, FACE_BOX, b64, encode_image, start_server, stop_server
 
-import audio
-from inference_engine import Wav2LipInferenceEngine
+from lipsync import audio
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.live import LiveLipSync
 from lipsync.options import RenderOptions
 from lipsync.server.realtime import protocol as p

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import FACE_BOX
 
-from inference_engine import Wav2LipInferenceEngine
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.options import RenderOptions
 from lipsync.runtime.wav2lip import Wav2LipGenerator
 from lipsync.server.realtime.batcher import FrameBatcher

@@ -25,7 +25,7 @@ from test_realtime import (
     send_chunks,
 )
 
-import audio
+from lipsync import audio
 from lipsync.faces import frame_order
 from lipsync.server.realtime import protocol as p
 

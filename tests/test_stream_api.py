@@ -55,7 +55,7 @@ def test_errors_before_the_first_byte_are_json(client):
 
 
 def test_a_failure_after_the_first_byte_truncates_and_is_counted(client, monkeypatch, caplog):
-    from inference_engine import Wav2LipInferenceEngine
+    from lipsync.engine import Wav2LipInferenceEngine
 
     real = Wav2LipInferenceEngine.iter_frames
 
@@ -129,7 +129,7 @@ def test_the_openapi_document_describes_streamed_replies(client):
 def impatient_client(untrained_models):
     """One slot and a short queue: a leaked slot shows as 503 on the next request (a freed
     one lets it run once the stopped generation has finished its batch)."""
-    from app import create_app
+    from lipsync.server.app import create_app
 
     app = create_app(
         {
@@ -144,7 +144,7 @@ def impatient_client(untrained_models):
 
 
 def test_a_failure_before_the_first_byte_is_a_json_error(impatient_client, monkeypatch):
-    from inference_engine import Wav2LipInferenceEngine
+    from lipsync.engine import Wav2LipInferenceEngine
 
     def fails_at_once(self, *args, **kwargs):
         raise RuntimeError("injected failure before any frame")

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from helpers import ASSETS, FACE_BOX, probe_video, smooth_image
 
-import audio
-from inference_engine import Wav2LipInferenceEngine
-from lipsync import generation
+from lipsync import audio, generation
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.faces import batch_bounds
 from lipsync.media.encode import VideoEncoder, encode_video
 from lipsync.media.encode_options import EncodeOptions

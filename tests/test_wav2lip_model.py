@@ -8,6 +8,7 @@ import openvino.opset13 as ops
 import pytest
 from helpers import generator_from
 
+from lipsync.conversion import generated_inputs, quantize_int8
 from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,
     FACE_INPUT,
@@ -16,7 +17,6 @@ from lipsync.runtime.wav2lip import (
     face_encoder_model,
     face_feature_outputs,
 )
-from tools import generated_inputs, quantize_int8
 
 # The outputs of Wav2Lip's 7 face encoder blocks (channels, side), which the decoder
 # concatenates in reverse order.

@@ -9,7 +9,7 @@ import re
 import pytest
 from helpers import ROOT
 
-from app import create_app
+from lipsync.server.app import create_app
 
 STATIC = ROOT / "lipsync" / "server" / "web" / "static"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -1,3 +1,3 @@
-"""Conversion-time and test-time tools: the converter's parts (checkpoints,
-checkpoint_download, random_init, ir_export), INT8 quantization (quantize_int8,
-generated_inputs) and the local test server."""
+"""Test and benchmark harness, used from the source tree only (not installed): the real
+gunicorn server on a free port (local_server), a private redis-server (redis_server) and a
+local two-node Ray cluster (local_ray)."""

@@ -14,9 +14,9 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from face_detection import FaceNotDetectedError
-from inference_engine import ModelNotFoundError
+from lipsync.engine import ModelNotFoundError
 from lipsync.errors import AvatarStoreUnavailableError, ErrorCode, LipSyncError
+from lipsync.face_detection import FaceNotDetectedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import OverloadedError
 

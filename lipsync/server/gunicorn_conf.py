@@ -92,7 +92,7 @@ SPARE_NATIVE_THREADS = 8
 def post_worker_init(worker):
     """Size the native thread pool, then compile the installed models before this worker
     takes requests."""
-    from app import warm_up
+    from lipsync.server.app import warm_up
 
     if _settings.worker_class == "gevent":
         import gevent

@@ -122,7 +122,7 @@ def document(app: Flask) -> dict[str, Any]:
 
 def build_spec(settings: Settings | None = None) -> dict[str, Any]:
     """The document of an app with these settings (default: the defaults), made here."""
-    from app import create_app  # the app imports this module
+    from lipsync.server.app import create_app  # the app imports this module
 
     return document(create_app(settings=settings or Settings()))
 

@@ -107,7 +107,7 @@ class LipSyncReplica:
     """One replica: settings, the Flask app and its engine (models compiled at start)."""
 
     def __init__(self, settings: dict[str, Any], num_cpus: float) -> None:
-        from app import create_app, warm_up
+        from lipsync.server.app import create_app, warm_up
         from lipsync.util import configure_logging
 
         overrides = {"inference_threads": replica_threads(num_cpus), **settings}

@@ -12,9 +12,9 @@ import time
 
 from flask import Response, current_app, g, request
 
-from inference_engine import Wav2LipInferenceEngine
 from lipsync import generation
 from lipsync.avatars import AvatarStore, open_store
+from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController

@@ -3,7 +3,7 @@
 Logging is configured here, in each worker, at LIPSYNC_LOG_LEVEL.
 """
 
-from app import create_app
+from lipsync.server.app import create_app
 from lipsync.server.offload import native_logging_locks
 from lipsync.settings import Settings
 from lipsync.util import configure_logging

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference_engine import BatchStart, Wav2LipInferenceEngine
+from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.faces import PreparedFace
 from lipsync.runtime.wav2lip import FaceFeatures, Wav2LipGenerator
 from lipsync.server import observability as obs

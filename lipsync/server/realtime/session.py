@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydantic
 
-from inference_engine import BatchStart, Wav2LipInferenceEngine
+from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.errors import LipSyncError
 from lipsync.faces import PreparedFace
 from lipsync.live import LiveLipSync

@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, redirect, render_template_stri
 from flask_openapi3 import APIBlueprint
 from flask_openapi3_swagger.templates import swagger_html_string
 
-from inference_engine import DETECTOR_NAME
+from lipsync.engine import DETECTOR_NAME
 from lipsync.errors import ErrorCode
 from lipsync.options import GENERATOR_NAMES
 from lipsync.server import observability as obs

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from networks import S3FD, L2Norm, Wav2Lip
-from networks.s3fd import HEAD_SOURCES, head_name
-from tools.checkpoints import CHECKPOINT_FILES, MODEL_KINDS, S3FD_NAME
+from lipsync.conversion.checkpoints import CHECKPOINT_FILES, MODEL_KINDS, S3FD_NAME
+from lipsync.networks import S3FD, L2Norm, Wav2Lip
+from lipsync.networks.s3fd import HEAD_SOURCES, head_name
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """INT8 post-training quantization of the Wav2Lip generator IR with NNCF.
 
-    python -m tools.quantize_int8 --models-dir models [--samples 300] [--seed 0]
+    python -m lipsync.conversion.quantize_int8 --models-dir models [--samples 300] [--seed 0]
 
 Reads `wav2lip.xml` (and `wav2lip_gan.xml` when present), quantizes weights and activations
 with `nncf.quantize` on generated calibration inputs and writes `wav2lip.int8.xml/.bin`
 (resp. `wav2lip_gan.int8.xml/.bin`) next to them, recording each under the `int8` key of
 `manifest.json` (source IR hashes, samples, seed, preset, NNCF version, held-out accuracy).
 
-Calibration inputs are made the way the engine makes them (tools/generated_inputs.py: face
+Calibration inputs are made the way the engine makes them (generated_inputs.py: face
 crops and textures, mel windows of generated speech-like audio).
 
 Choices, measured on a 2-core AVX-512 (VNNI, BF16) CPU with OpenVINO 2026.4 / NNCF 3.4:
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from lipsync.conversion.generated_inputs import calibration_items, engine_inputs
 from lipsync.options import GENERATOR_NAMES
 from lipsync.runtime.wav2lip import (
     AUDIO_INPUT,
@@ -52,7 +53,6 @@ from lipsync.runtime.wav2lip import (
     to_uint8_faces,
 )
 from lipsync.util import configure_logging, sha256_file
-from tools.generated_inputs import calibration_items, engine_inputs
 
 logger = logging.getLogger(__name__)
 

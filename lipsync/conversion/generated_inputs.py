@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import audio
+from lipsync import audio
 from lipsync.runtime.wav2lip import AUDIO_INPUT, FACE_INPUT, FACE_SIZE, audio_input, face_input
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree (test_assets/)
 FACE_IMAGE = ROOT / "test_assets" / "face.jpg"
 # The face in test_assets/face.jpg as (top, bottom, left, right), read off the image by eye
 # (the same box as tests/conftest.py), with the engine's default bottom pad of 10 pixels.

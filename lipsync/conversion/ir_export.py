@@ -25,8 +25,14 @@ import openvino as ov
 import torch
 from torch import nn
 
-from networks.s3fd import STRIDES
-from tools.checkpoints import S3FD_NAME, WAV2LIP, WAV2LIP_GAN, build_s3fd, build_wav2lip
+from lipsync.conversion.checkpoints import (
+    S3FD_NAME,
+    WAV2LIP,
+    WAV2LIP_GAN,
+    build_s3fd,
+    build_wav2lip,
+)
+from lipsync.networks.s3fd import STRIDES
 
 logger = logging.getLogger(__name__)
 

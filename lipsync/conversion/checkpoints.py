@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from networks import S3FD, Wav2Lip
+from lipsync.networks import S3FD, Wav2Lip
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from lipsync.conversion.checkpoints import (
+    CHECKPOINT_FILES,
+    MODEL_KINDS,
+    S3FD_NAME,
+    WAV2LIP,
+    WAV2LIP_GAN,
+)
 from lipsync.util import sha256_file
-from tools.checkpoints import CHECKPOINT_FILES, MODEL_KINDS, S3FD_NAME, WAV2LIP, WAV2LIP_GAN
 
 logger = logging.getLogger(__name__)
 

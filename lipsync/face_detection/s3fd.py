@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import openvino as ov
 
-from face_detection.boxes import (
+from lipsync.face_detection.boxes import (
     FACE_THRESHOLD,
     STRIDES,
     best_face,
