@@ -46,6 +46,8 @@ def test_a_full_disk_refuses_a_registration_and_keeps_serving(full_disk):
         register(first, 1)
     assert raised.value.code is ErrorCode.STORAGE_FULL
     assert os.listdir(directory) == [kept]  # no temporary left, nothing half-stored
+    # Not in the memory of the worker that prepared it either: prepared anew for a raw image.
+    assert first.get_or_create(image_bytes(1), RenderOptions(), persist=False)[1]
     refused = avatar_id_for(image_bytes(1), RenderOptions())
     for store in (first, second, worker(directory)):  # no phantom, on any worker
         assert store.get(refused) is None and store.meta(refused) is None

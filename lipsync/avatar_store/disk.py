@@ -177,13 +177,17 @@ class DiskAvatars:
         return metas
 
     def delete(self, avatar_id: str) -> bool:
-        folder = self.directory / avatar_id
+        return self._remove(self.directory / avatar_id)
+
+    def _remove(self, path: Path) -> bool:
+        """Remove a directory of the store: whether this call did (not another one)."""
+        tail = path.name.lstrip(".").replace("-", "_")  # the owner is read up to a "-"
         owned = temporaries.owned_prefix(temporaries.TRASH)
-        trash = self.directory / f"{owned}{avatar_id}.{threading.get_ident()}"
+        trash = self.directory / f"{owned}{tail}.{threading.get_ident()}"
         try:
-            os.rename(folder, trash)  # atomic: readers see all or nothing
+            os.rename(path, trash)  # atomic: readers see all or nothing, one remover wins
         except FileNotFoundError:
-            return False  # not stored, or deleted concurrently
+            return False  # not there, or removed concurrently
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
@@ -203,8 +207,7 @@ class DiskAvatars:
                 if temporaries.is_temporary(entry.name):
                     found = temporary(entry, now)
                     if found.stale:
-                        self._remove_stale(found)
-                        removed += 1
+                        removed += self._remove_stale(found)
                     else:
                         present.append(found)
                 elif is_entry(entry):
@@ -216,14 +219,16 @@ class DiskAvatars:
             self._observe(len(present), sum(t.nbytes for t in present), removed)
         return sorted(entries), present
 
-    def _remove_stale(self, found: Temporary) -> None:
-        shutil.rmtree(found.path, ignore_errors=True)
+    def _remove_stale(self, found: Temporary) -> bool:
+        if not self._remove(found.path):
+            return False  # another worker's scan removed it
         logger.warning(
             "removed %s from the avatar directory (%d bytes): left by a worker that stopped "
             "mid-registration or mid-delete",
             found.path.name,
             found.nbytes,
         )
+        return True
 
     def _evict(self, keep: str) -> None:
         """Remove the least recently used avatars (not `keep`) until within the budget,
