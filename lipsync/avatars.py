@@ -170,9 +170,11 @@ class AvatarStore:
     def delete(self, avatar_id: str) -> bool:
         """Forget an avatar in the backend and in memory. -> whether it was stored."""
         check_avatar_id(avatar_id)
-        stored = self.backend.delete(avatar_id) if self.backend is not None else False
-        cached = self._forget(avatar_id)
-        return stored if self.backend is not None else cached
+        if self.backend is None:
+            return self._forget(avatar_id)
+        stored = self.backend.delete(avatar_id)
+        self._forget(avatar_id)
+        return stored
 
     # -- memory and backend ----------------------------------------------------------------
 

@@ -10,9 +10,8 @@ import socket
 import cv2
 import pytest
 import requests
-from full_disk import MODES, FullDisk
 from helpers import FACE_BOX, assert_error, b64, start_server, stop_server, wav_bytes
-from test_avatar_faults import dead_pid, leave
+from test_avatar_faults import MODES, FullDisk, dead_pid, leave
 from test_avatar_shared_api import realtime_start, registration
 from test_openapi import check
 
