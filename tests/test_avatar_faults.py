@@ -209,9 +209,10 @@ def test_temporaries_of_dead_workers_are_removed_when_a_store_opens(tmp_path):
         leave(tmp_path, name, age_s=age_s)
     for name in live:
         leave(tmp_path, name, nbytes=700)
+    (tmp_path / ".tmp-notes").write_text("not a directory: not the store's")
     seen = []
     DiskAvatars(tmp_path, decode, None, observe=lambda *found: seen.append(found))
-    assert set(os.listdir(tmp_path)) == live | {avatar_id}
+    assert set(os.listdir(tmp_path)) == live | {avatar_id, ".tmp-notes"}
     assert seen == [(2, 1400, 4)]  # present, their bytes, removed
 
 

@@ -204,7 +204,7 @@ class DiskAvatars:
         now = time.time()
         for entry in os.scandir(self.directory):
             try:
-                if temporaries.is_temporary(entry.name):
+                if is_temporary_dir(entry):
                     found = temporary(entry, now)
                     if found.stale:
                         removed += self._remove_stale(found)
@@ -261,6 +261,11 @@ class DiskAvatars:
 def is_entry(entry: os.DirEntry) -> bool:
     """Whether `entry` is a stored avatar's directory."""
     return bool(AVATAR_ID_PATTERN.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False)
+
+
+def is_temporary_dir(entry: os.DirEntry) -> bool:
+    """Whether `entry` is a temporary directory of the store (`temporaries`)."""
+    return temporaries.is_temporary(entry.name) and entry.is_dir(follow_symlinks=False)
 
 
 def temporary(entry: os.DirEntry, now: float) -> Temporary:
