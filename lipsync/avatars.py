@@ -8,8 +8,12 @@ in a byte-bounded in-memory LRU in front of a backend (lipsync/avatar_store/) wh
 registered ones outlive the process: a local directory within a byte budget (the default;
 a restarted process or another gunicorn worker finds them without running the detector
 again), or Redis, shared by every worker and machine (`LIPSYNC_AVATAR_STORE=redis://...`).
-With Redis the memory LRU is a read-through cache: each use of a cached avatar is confirmed
-with Redis (one round trip), so an avatar deleted on one worker is gone on all of them.
+The backend is the truth and the memory LRU a read-through cache of it: an avatar exists
+once the backend has stored it (it enters memory after that, never before), each use of a
+cached avatar is confirmed with the backend (a `utime` of its directory, or one Redis
+round trip), and metadata and the list are read from the backend, so an avatar deleted,
+evicted or expired on one worker is gone on all of them. Memory also keeps faces prepared
+for raw images, which are never served by id unless the backend has them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from lipsync.avatar_store.disk import DiskAvatars
+from lipsync.avatar_store.disk import DiskAvatars, TemporariesObserver
 from lipsync.avatar_store.model import (
     AVATAR_ID_PATTERN,
     Avatar,
@@ -43,9 +47,15 @@ logger = logging.getLogger(__name__)
 MB = 1024 * 1024
 
 
-def open_store(settings: Settings, decode: Decoder, prepare: Preparer) -> AvatarStore:
+def open_store(
+    settings: Settings,
+    decode: Decoder,
+    prepare: Preparer,
+    observe: TemporariesObserver | None = None,
+) -> AvatarStore:
     """The store the settings ask for: Redis (LIPSYNC_AVATAR_STORE), else the avatar
-    directory within its disk budget, else memory only."""
+    directory within its disk budget (`observe`: told of its temporaries), else memory
+    only."""
     backend: AvatarBackend | None = None
     if settings.avatar_store != LOCAL_AVATAR_STORE:
         backend = RedisAvatars(
@@ -57,7 +67,7 @@ def open_store(settings: Settings, decode: Decoder, prepare: Preparer) -> Avatar
         )
     elif settings.avatar_dir is not None:
         budget = int(settings.avatar_disk_budget_mb * MB)
-        backend = DiskAvatars(settings.avatar_dir, decode, budget)
+        backend = DiskAvatars(settings.avatar_dir, decode, budget, observe)
     return AvatarStore(backend, int(settings.avatar_cache_mb * MB), decode, prepare)
 
 
@@ -90,19 +100,30 @@ class AvatarStore:
     # -- lookup ----------------------------------------------------------------------------
 
     def get(self, avatar_id: str) -> Avatar | None:
-        """The avatar from memory (confirmed with a shared backend), else from the backend
-        (without detection), else None. AvatarStoreUnavailableError if Redis is down."""
+        """The stored avatar, else None: this worker's memory copy once the backend confirms
+        it still has it, else the backend's (without detection). AvatarStoreUnavailableError
+        if Redis is down."""
         check_avatar_id(avatar_id)
-        avatar, _ = self._find(avatar_id)
+        avatar = self._cached(avatar_id)
+        if self.backend is None:
+            return avatar
+        if avatar is not None:
+            if self.backend.touch(avatar_id):
+                return avatar
+            self._forget(avatar_id)  # deleted, evicted or expired since; or never stored
+            return None
+        avatar = self.backend.load(avatar_id)
+        if avatar is not None:
+            self._remember(avatar)
         return avatar
 
     def meta(self, avatar_id: str) -> dict | None:
-        """An avatar's metadata from memory or the backend, without loading its frames."""
+        """A stored avatar's metadata, read from the backend without loading its frames."""
         check_avatar_id(avatar_id)
-        avatar, _ = self._cached_checked(avatar_id)
-        if avatar is not None:
-            return avatar.meta()
-        return self.backend.meta(avatar_id) if self.backend is not None else None
+        if self.backend is None:
+            avatar = self._cached(avatar_id)
+            return avatar.meta() if avatar is not None else None
+        return self.backend.meta(avatar_id)
 
     def get_or_create(
         self,
@@ -114,78 +135,71 @@ class AvatarStore:
     ) -> tuple[Avatar, bool]:
         """The avatar for these bytes and options, prepared at most once. -> (avatar, created).
 
-        `persist`: register it in the backend; `created` then says whether this call did
-        (else whether it prepared the avatar now). Without `persist` (a raw image) an
-        unreachable backend is skipped: the face is prepared here.
+        `persist`: register it in the backend (in memory only once stored there); `created`
+        then says whether this call did (else whether it prepared the avatar now). Without
+        `persist` (a raw image) an unreachable backend is skipped: the face is prepared here.
+        StorageFullError when the backend has no room for it.
         """
         avatar_id = avatar_id_for(data, options)
         with self._lock:
             creating = self._creating.setdefault(avatar_id, native_lock())
         try:
             with creating:  # concurrent requests for one file prepare it once per process
-                if persist:
-                    avatar, stored = self._find(avatar_id)
-                else:  # a raw image: never stored, so whether it is does not matter
-                    avatar, stored = (
-                        self._cached(avatar_id) or self._optional_load(avatar_id),
-                        False,
-                    )
-                created = avatar is None
-                if avatar is None:
-                    avatar = self._make(avatar_id, data, options, timings)
-                    self._remember(avatar)
-                if persist and self.backend is not None and not stored:
-                    created = self.backend.save(avatar, data)
+                if persist and self.backend is not None:
+                    return self._register(self.backend, avatar_id, data, options, timings)
+                # A raw image (stored or not), or the memory-only store's registration.
+                avatar = self._cached(avatar_id) or self._optional_load(avatar_id)
+                if avatar is not None:
+                    return avatar, False
+                avatar = self._make(avatar_id, data, options, timings)
+                self._remember(avatar)
+                return avatar, True
         finally:
             with self._lock:
                 self._creating.pop(avatar_id, None)
-        return avatar, created
 
     def list(self) -> list[dict]:
-        """Metadata of every stored avatar (backend, and memory unless it is shared),
-        newest first."""
-        metas = {}
-        if self.backend is None or not self.backend.shared:
-            with self._lock:
-                metas = {a.avatar_id: a.meta() for a in self._memory.values()}
+        """Metadata of every stored avatar (the backend's, else memory's), newest first."""
         if self.backend is not None:
-            for meta in self.backend.list():
-                metas.setdefault(meta["avatar_id"], meta)
-        return sorted(metas.values(), key=lambda m: m["created_at"], reverse=True)
+            metas = self.backend.list()
+        else:
+            with self._lock:
+                metas = [a.meta() for a in self._memory.values()]
+        return sorted(metas, key=lambda m: m["created_at"], reverse=True)
 
     def delete(self, avatar_id: str) -> bool:
-        """Forget an avatar in memory and in the backend. -> whether it existed."""
+        """Forget an avatar in the backend and in memory. -> whether it was stored."""
         check_avatar_id(avatar_id)
-        stored = self.backend.delete(avatar_id) if self.backend is not None else False
-        with self._lock:
-            cached = self._memory.pop(avatar_id, None) is not None
-        return stored or (cached and not (self.backend and self.backend.shared))
+        if self.backend is None:
+            return self._forget(avatar_id)
+        stored = self.backend.delete(avatar_id)
+        self._forget(avatar_id)
+        return stored
 
     # -- memory and backend ----------------------------------------------------------------
 
-    def _find(self, avatar_id: str) -> tuple[Avatar | None, bool]:
-        """(the avatar or None, whether the backend has it)."""
-        avatar, stored = self._cached_checked(avatar_id)
-        if avatar is not None or self.backend is None:
-            return avatar, stored
-        avatar = self.backend.load(avatar_id)
-        if avatar is not None:
-            self._remember(avatar)
-        return avatar, avatar is not None
-
-    def _cached_checked(self, avatar_id: str) -> tuple[Avatar | None, bool]:
-        """(the cached avatar or None, whether the backend has it). The use is noted with
-        the backend; a shared backend that lost the avatar (deleted on another worker,
-        expired, evicted) makes the cached copy invalid. A local directory's is optional."""
+    def _register(
+        self,
+        backend: AvatarBackend,
+        avatar_id: str,
+        data: bytes,
+        options: RenderOptions,
+        timings: MutableMapping[str, float] | None,
+    ) -> tuple[Avatar, bool]:
+        """Store the avatar unless the backend has it, then remember it: (avatar, created).
+        A copy in memory (prepared for a raw image) is stored without detecting again."""
         avatar = self._cached(avatar_id)
-        if avatar is None or self.backend is None:
+        if avatar is not None and backend.touch(avatar_id):
             return avatar, False
-        stored = self.backend.touch(avatar_id)
-        if stored or not self.backend.shared:
-            return avatar, stored
-        with self._lock:
-            self._memory.pop(avatar_id, None)
-        return None, False
+        if avatar is None:
+            avatar = backend.load(avatar_id)
+            if avatar is not None:
+                self._remember(avatar)
+                return avatar, False
+            avatar = self._make(avatar_id, data, options, timings)
+        created = backend.save(avatar, data)  # raises: nothing remembered
+        self._remember(avatar)
+        return avatar, created
 
     def _optional_load(self, avatar_id: str) -> Avatar | None:
         """The backend's copy if it is reachable (a raw image can be prepared without it)."""
@@ -228,6 +242,10 @@ class AvatarStore:
             created=time.time(),
             quality=options.quality,
         )
+
+    def _forget(self, avatar_id: str) -> bool:
+        with self._lock:
+            return self._memory.pop(avatar_id, None) is not None
 
     def _remember(self, avatar: Avatar) -> None:
         with self._lock:

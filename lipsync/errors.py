@@ -74,6 +74,13 @@ class ErrorCode(enum.Enum):
     )
     # 504
     TIMEOUT = (504, "the generation ran over the configured time limit")
+    # 507
+    STORAGE_FULL = (
+        507,
+        "the avatar store has no room to register this avatar (its disk is full, or Redis is "
+        "out of memory): not transient, an operator must free space; registered avatars and "
+        "requests with an image or video still work",
+    )
 
     @classmethod
     def from_code(cls, code: str) -> ErrorCode:
@@ -143,6 +150,19 @@ class AvatarStoreUnavailableError(LipSyncError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StorageFullError(LipSyncError):
+    """The avatar store cannot take a new avatar: no room left (an operator must act).
+    `why`: what is full, for the client ("its disk is full")."""
+
+    default_code = ErrorCode.STORAGE_FULL
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"no room left to store the avatar ({why}); registered avatars, and images or "
+            "videos sent with each request, still work"
+        )
 
 
 class UnauthorizedError(LipSyncError):

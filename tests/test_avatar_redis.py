@@ -17,8 +17,8 @@ from test_avatar_lru import decode, image_bytes, prepare
 
 from lipsync.avatar_store import codec
 from lipsync.avatar_store.shared import KEY_PREFIX, RedisAvatars, redacted
-from lipsync.avatars import AvatarStore, open_store
-from lipsync.errors import AvatarStoreUnavailableError, ErrorCode
+from lipsync.avatars import AvatarStore, avatar_id_for, open_store
+from lipsync.errors import AvatarStoreUnavailableError, ErrorCode, StorageFullError
 from lipsync.options import RenderOptions
 from lipsync.settings import Settings
 
@@ -101,8 +101,31 @@ def test_a_delete_on_one_worker_is_seen_by_the_others(redis_url):
     assert second.get(avatar_id) is not None  # now in second's memory too
     assert first.delete(avatar_id)
     assert second.get(avatar_id) is None and second.meta(avatar_id) is None
-    assert not second.delete(avatar_id)
+    assert second.list() == [] and not second.delete(avatar_id)
     assert register(second) == (avatar_id, True)  # registered anew
+
+
+def test_redis_out_of_memory_refuses_a_registration_and_keeps_serving(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    first, second = worker(redis_url), worker(redis_url)
+    kept, _ = register(first)
+    assert second.get(kept) is not None
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # below what it holds: every write is refused
+    try:
+        with pytest.raises(StorageFullError) as raised:
+            register(first, 1)
+        assert raised.value.code is ErrorCode.STORAGE_FULL
+        refused = avatar_id_for(image_bytes(1), RenderOptions())
+        for store in (first, second):  # no phantom in the memory of the worker that tried
+            assert store.get(refused) is None and store.meta(refused) is None
+            assert [m["avatar_id"] for m in store.list()] == [kept]
+            assert store.get(kept) is not None
+        raw, created = first.get_or_create(image_bytes(2), RenderOptions(), persist=False)
+        assert created and raw.prepared.num_frames == 1
+    finally:
+        client.config_set("maxmemory", "0")
+    assert register(first, 1) == (refused, True)
 
 
 def test_a_raw_image_is_not_registered(redis_url):

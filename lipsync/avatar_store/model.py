@@ -154,15 +154,14 @@ def check_avatar_id(avatar_id: str) -> str:
 
 
 class AvatarBackend(Protocol):
-    """Where registered avatars are kept beyond one process's memory.
+    """Where registered avatars are kept beyond one process's memory: the truth for every
+    worker, whose memory copy is confirmed with `touch` on every use (so a delete, an
+    eviction or an expiry anywhere is seen everywhere).
 
-    Lookups of a damaged entry remove it and answer as for a missing one. `shared`: the
-    backend is the truth for every worker, so a worker's memory copy is confirmed with
-    `touch` on every use (a delete anywhere is seen everywhere). A shared backend that cannot
-    be reached raises AvatarStoreUnavailableError.
+    Lookups of a damaged entry remove it and answer as for a missing one. A backend that
+    cannot be reached raises AvatarStoreUnavailableError; one without room for a new avatar,
+    StorageFullError.
     """
-
-    shared: bool
 
     def load(self, avatar_id: str) -> Avatar | None:
         """The stored avatar (frames decoded), or None."""

@@ -9,11 +9,13 @@ every use is a read or a `TOUCH`, which keeps Redis's LRU clock right for `allke
 A blob that fails to decode or validate is deleted (a warning is logged) and answered as
 missing, so the client may register the file again.
 
-Every Redis error (refused, reset, timed out after `timeout_s`, out of memory, read-only)
-becomes AvatarStoreUnavailableError: a `503` with `Retry-After`. redis-py reconnects on
-the next call, so the store recovers by itself when Redis is back. Connections are made
-per OS thread: under gevent a socket belongs to the event loop of the thread that made it,
-and requests reach the store on the hub's native threads (lipsync/server/offload.py).
+A registration refused for lack of memory (`maxmemory` under `noeviction`) is a
+StorageFullError (`507`); every other Redis error (refused, reset, timed out after
+`timeout_s`, read-only) becomes AvatarStoreUnavailableError: a `503` with `Retry-After`.
+redis-py reconnects on the next call, so the store recovers by itself when Redis is back.
+Connections are made per OS thread: under gevent a socket belongs to the event loop of the
+thread that made it, and requests reach the store on the hub's native threads
+(lipsync/server/offload.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redis.retry import Retry
 
 from lipsync.avatar_store import codec
 from lipsync.avatar_store.model import AVATAR_ID_PATTERN, Avatar, Decoder
-from lipsync.errors import AvatarStoreUnavailableError
+from lipsync.errors import AvatarStoreUnavailableError, StorageFullError
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ def redacted(url: str) -> str:
 
 class RedisAvatars:
     """Avatars in the Redis at `url`; unused ones expire after `ttl_s` (0: never)."""
-
-    shared = True
 
     def __init__(
         self, url: str, decode: Decoder, *, ttl_s: int, timeout_s: float, retry_after_s: int
@@ -120,7 +120,10 @@ class RedisAvatars:
         blob = codec.encode(avatar, source)
         with self.reaching("storing an avatar"):
             client = self.client()
-            stored = client.set(key, blob, nx=True, ex=self.ttl_s or None)
+            try:
+                stored = client.set(key, blob, nx=True, ex=self.ttl_s or None)
+            except redis.OutOfMemoryError as exc:  # maxmemory reached under `noeviction`
+                raise self._full(avatar.avatar_id, len(blob), exc) from None
             if not stored and self.ttl_s:
                 client.expire(key, self.ttl_s)  # registered again: a use
         if stored:
@@ -176,6 +179,17 @@ class RedisAvatars:
             raise AvatarStoreUnavailableError(
                 f"the avatar store refused {what} ({type(exc).__name__})", self.retry_after_s
             ) from None
+
+    def _full(self, avatar_id: str, nbytes: int, exc: redis.OutOfMemoryError) -> StorageFullError:
+        logger.error(
+            "cannot store avatar %s (%d bytes): %s is out of memory (%s): raise its maxmemory "
+            "or choose an evicting maxmemory-policy",
+            avatar_id,
+            nbytes,
+            self.where,
+            exc,
+        )
+        return StorageFullError("the avatar store is out of memory")
 
     def _used(self, key: str, *commands: tuple[Any, ...]) -> tuple[Any, ...]:
         """The replies of `(command, *args)` on the key, and its TTL restarted, in one round

@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 SETUP_COMMAND = "python convert_to_openvino.py --wav2lip CKPT --s3fd CKPT --output-dir MODELS_DIR"
 FACE_HINT = "; send a clear, frontal face or an explicit box [top, bottom, left, right]"
-# Refusals counted in the `rejected` metric (a missing model is not load).
-REJECTED_STATUSES = (499, 503, 504)
+# Refusals counted in the `rejected` metric (a missing model is not load; a full avatar
+# store is not either, but an operator must act on it).
+REJECTED_STATUSES = (499, 503, 504, 507)
 
 
 def error_response(

@@ -86,6 +86,21 @@ STREAMS = Counter(
     "Streamed replies by how they ended (completed, client_gone, failed)",
     ["outcome"],
 )
+AVATAR_TEMPORARIES = Gauge(
+    "lipsync_avatar_temporaries",
+    "Temporary entries in the avatar directory at its last scan (registrations and deletes "
+    "under way; stale ones are removed by the scan)",
+    multiprocess_mode="livemostrecent",
+)
+AVATAR_TEMPORARY_BYTES = Gauge(
+    "lipsync_avatar_temporary_bytes",
+    "Bytes of the temporary entries in the avatar directory at its last scan",
+    multiprocess_mode="livemostrecent",
+)
+STALE_TEMPORARIES_REMOVED = Counter(
+    "lipsync_avatar_stale_temporaries_removed_total",
+    "Temporaries a killed worker left in the avatar directory, removed",
+)
 COMPILE_SECONDS = Gauge(
     "lipsync_model_compile_seconds",
     "Time to compile each model in a worker",
@@ -110,6 +125,13 @@ def observe_generation(timings_ms: dict[str, float], num_frames: int) -> None:
 def observe_admission(active: int, waiting: int) -> None:
     ACTIVE.set(active)
     QUEUE_DEPTH.set(waiting)
+
+
+def observe_avatar_temporaries(present: int, nbytes: int, removed: int) -> None:
+    """What a scan of the avatar directory found (lipsync.avatar_store.disk)."""
+    AVATAR_TEMPORARIES.set(present)
+    AVATAR_TEMPORARY_BYTES.set(nbytes)
+    STALE_TEMPORARIES_REMOVED.inc(removed)
 
 
 def observe_compile(status: dict[str, dict]) -> None:

@@ -52,6 +52,7 @@ STATUS_TEXT = {
     500: "Internal error",
     503: "Service unavailable",
     504: "Generation timed out",
+    507: "Insufficient storage",
 }
 
 

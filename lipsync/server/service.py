@@ -57,6 +57,7 @@ class Service:
                     prepare=lambda frames, options, timings: self.engine.prepare_face(
                         frames, options, timings=timings
                     ),
+                    observe=obs.observe_avatar_temporaries,
                 )
             return self._store
 

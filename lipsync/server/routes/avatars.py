@@ -1,7 +1,8 @@
 """Avatars: faces registered once (detection runs then), reused by id.
 
 With a shared store (Redis) every route here may answer `503 avatar_store_unavailable`
-(with Retry-After) while Redis cannot be reached."""
+(with Retry-After) while Redis cannot be reached; registering answers `507 storage_full`
+when the store has no room left (a full disk, a Redis out of memory)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def not_found(avatar_id: str) -> NotFoundError:
     responses={
         "200": ok("Already registered (same bytes and options).", RegisteredAvatar),
         "201": ok("Registered.", RegisteredAvatar),
-        **errors(400, 413, 415, 422, 500, 503, 504),
+        **errors(400, 413, 415, 422, 500, 503, 504, 507),
     },
 )
 def register_avatar():
