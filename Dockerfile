@@ -4,8 +4,7 @@
 # builder since Docker 23 (`docker buildx build` always uses it): the legacy builder has no
 # RUN heredocs and fails on a COPY wildcard that matches nothing.
 #
-#   docker build -t lipsync .                                # checkpoints/*.pth from the context
-#   docker build -t lipsync --build-arg WAV2LIP_URL=https://... .   # download (s3fd has a default)
+#   docker build -t lipsync .                                # the authors' published weights
 #   docker build -t lipsync --build-arg UNTRAINED=1 .        # random weights: try the API only
 #   docker run --rm -p 5001:5001 lipsync
 #
@@ -16,11 +15,14 @@
 #   2. checkpoints/wav2lip.pth (+ optional wav2lip_gan.pth) and checkpoints/s3fd.pth in the build
 #      context. `checkpoint[s]` below is a wildcard so that a context without that directory
 #      still builds: BuildKit copies nothing for a wildcard that matches nothing.
-#   3. download: checkpoints missing from checkpoints/ are fetched from WAV2LIP_URL,
-#      WAV2LIP_GAN_URL (optional), S3FD_URL (default: the face-alignment project's s3fd file),
-#      each checked against *_SHA256 when given. Build args stay in the convert stage's
-#      history only, not in the final image.
-# With none of these the build stops with a message saying what to provide.
+#   3. download: checkpoints missing from checkpoints/ are fetched, by default from the authors'
+#      links (the Wav2Lip README's Google Drive folder and file, the S3FD file of the
+#      face-alignment project); WAV2LIP_URL, WAV2LIP_GAN_URL and S3FD_URL replace them, each
+#      checked against *_SHA256 when given. The Wav2Lip weights are for non-commercial
+#      research and personal use only (their README's terms, printed by the converter). Build
+#      args stay in the convert stage's history only, not in the final image.
+# When Google Drive refuses (its quota, "too many users"), the build stops with the manual
+# steps: download the files by hand into checkpoints/ and build again.
 
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS convert
@@ -70,14 +72,8 @@ case "$UNTRAINED" in 1|true|yes)
             set -- "$@" "--$(echo "$name" | tr _ -)" "checkpoints/$name.pth"
         fi
     done
-    if [ ! -f checkpoints/wav2lip.pth ] && [ -z "$WAV2LIP_URL" ]; then
-        echo "ERROR: no Wav2Lip checkpoint. Put wav2lip.pth and s3fd.pth (optional" \
-             "wav2lip_gan.pth) into checkpoints/ in the build context, or pass" \
-             "--build-arg WAV2LIP_URL=... (S3FD_URL, WAV2LIP_GAN_URL optional), or" \
-             "--build-arg UNTRAINED=1 for random weights (meaningless output)." >&2
-        exit 1
-    fi
     # The converter downloads only what is not given as a local file.
+    # Without a local wav2lip.pth the authors' files are fetched (the converter's default).
     if [ ! -f checkpoints/wav2lip.pth ] || [ ! -f checkpoints/s3fd.pth ] \
             || { [ ! -f checkpoints/wav2lip_gan.pth ] && [ -n "$WAV2LIP_GAN_URL" ]; }; then
         set -- "$@" --download --checkpoint-dir /tmp/downloaded-checkpoints

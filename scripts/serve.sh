@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One command: install the service, provide the models, run gunicorn on $PORT (default 5001).
 #
-# Models: converted from checkpoints/{wav2lip,wav2lip_gan,s3fd}.pth when present, else
-# downloaded (set WAV2LIP_URL etc.). `--untrained` converts seeded random weights instead:
-# the API works end to end but mouths are meaningless (for trying the service).
+# Models: converted from checkpoints/{wav2lip,wav2lip_gan,s3fd}.pth when present, else the
+# authors' published checkpoints are downloaded into checkpoints/ (the Wav2Lip README's Google
+# Drive links; WAV2LIP_URL, WAV2LIP_GAN_URL, S3FD_URL replace them). The Wav2Lip weights are
+# for non-commercial research and personal use only (the converter prints the terms). When
+# Drive refuses (quota), the converter prints the manual steps and the server starts degraded.
+# `--untrained` converts seeded random weights instead: the API works end to end but mouths
+# are meaningless (for trying the service).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS_DIR=${LIPSYNC_MODELS_DIR:-models}

@@ -1,5 +1,5 @@
-"""Tests of the PyTorch network definitions and of convert_to_openvino.py (and its tools/
-modules: checkpoints, checkpoint_download, random_init, ir_export).
+"""Tests of the PyTorch network definitions and of convert_to_openvino.py (and its modules:
+checkpoints, random_init, ir_export; --download is tested in test_checkpoint_download.py).
 
 One seeded random-init conversion is run per session (``converted``); most tests inspect its
 checkpoints, IR files and manifest.
@@ -12,7 +12,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from helpers import CONVERTER_SOURCES, ROOT
 from torch.nn import functional as F
 
-from lipsync.conversion import checkpoint_download, checkpoints, ir_export, random_init
+from lipsync.conversion import checkpoints, ir_export, random_init
 from lipsync.conversion import convert as conv
 from lipsync.networks import S3FD, L2Norm, Wav2Lip
 from lipsync.networks.wav2lip import ConvBlock
@@ -459,69 +458,6 @@ def test_fp16_weights(s3fd_state: dict, tmp_path: Path, core: ov.Core) -> None:
     image = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(3)) * 255.0
     got = core.compile_model(xml, "CPU", F32)({"image": (image - PIXEL_MEAN).numpy()})
     assert got["cls_s4"].shape == (1, 2, 16, 16)
-
-
-# --- Downloads ----------------------------------------------------------------------------------
-
-
-@slow
-def test_download_unreachable_fails_fast(
-    ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    dl_dir = tmp_path / "dl"
-    argv = [
-        "--download",
-        "--wav2lip", str(ckpt_dir / "wav2lip.pth"),
-        "--s3fd-url", "http://127.0.0.1:9/x.pth",
-        "--checkpoint-dir", str(dl_dir),
-        "--output-dir", str(tmp_path / "out"),
-    ]  # fmt: skip
-    started = time.perf_counter()
-    assert conv.main(argv) == 3
-    assert time.perf_counter() - started < 20
-    err = capsys.readouterr().err
-    assert "http://127.0.0.1:9/x.pth" in err
-    assert "--wav2lip" in err and "--s3fd" in err  # says how to use local files
-    assert list(dl_dir.iterdir()) == []  # no partial file left behind
-    assert not (tmp_path / "out").exists()
-
-
-def test_download_requires_wav2lip_url(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("WAV2LIP_URL", raising=False)
-    argv = ["--download", "--checkpoint-dir", str(tmp_path), "--output-dir", str(tmp_path)]
-    assert conv.main(argv) == 2
-    err = capsys.readouterr().err
-    assert "WAV2LIP_URL" in err and "--wav2lip" in err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_download_verifies_sha256_and_renames_atomically(tmp_path: Path) -> None:
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"checkpoint bytes" * 1000)
-    digest = _file_sha256(src)
-    dest_dir = tmp_path / "dest"
-    with pytest.raises(checkpoint_download.DownloadError, match="sha256"):
-        checkpoint_download.download_checkpoint(src.as_uri(), dest_dir / "x.pth", sha256="0" * 64)
-    assert list(dest_dir.iterdir()) == []
-    path = checkpoint_download.download_checkpoint(
-        src.as_uri(), dest_dir / "x.pth", sha256=digest.upper()
-    )
-    assert path.read_bytes() == src.read_bytes()
-    assert [p.name for p in dest_dir.iterdir()] == ["x.pth"]
-
-
-def test_download_url_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("S3FD_URL", "http://example.invalid/s3fd.pth")
-    assert checkpoint_download.download_url("s3fd", None) == "http://example.invalid/s3fd.pth"
-    assert checkpoint_download.download_url("s3fd", "http://flag/x.pth") == "http://flag/x.pth"
-    monkeypatch.delenv("S3FD_URL")
-    assert (
-        checkpoint_download.download_url("s3fd", None) == checkpoint_download.DEFAULT_URLS["s3fd"]
-    )
-    monkeypatch.delenv("WAV2LIP_URL", raising=False)
-    assert checkpoint_download.download_url("wav2lip", None) is None
 
 
 # --- CLI argument handling ----------------------------------------------------------------------

@@ -470,11 +470,22 @@ def run_convert_step(convert: Stage, tmp_path: Path, files=(), **build_args: str
 OUTPUT = ["--output-dir", "/build/models"]
 
 
-def test_convert_step_fails_clearly_without_checkpoints(convert, tmp_path):
+def test_convert_step_downloads_the_authors_files_by_default(convert, tmp_path):
+    """No checkpoint in the context and no build arg: the converter's default download."""
     code, stderr, args = run_convert_step(convert, tmp_path)
-    assert code != 0 and args is None
-    for hint in ("checkpoints/", "WAV2LIP_URL", "UNTRAINED=1"):
-        assert hint in stderr
+    assert code == 0, stderr
+    assert args == [
+        "convert_to_openvino.py",
+        "--download",
+        *("--checkpoint-dir", f"{tmp_path}/tmp/downloaded-checkpoints"),
+        *OUTPUT,
+    ]
+
+
+def test_convert_step_does_not_fetch_the_optional_gan_beside_local_files(convert, tmp_path):
+    code, stderr, args = run_convert_step(convert, tmp_path, files=["wav2lip.pth", "s3fd.pth"])
+    assert code == 0, stderr
+    assert "--download" not in args
 
 
 def test_convert_step_untrained(convert, tmp_path):

@@ -4,7 +4,7 @@ Usage::
 
     python convert_to_openvino.py --wav2lip wav2lip.pth [--wav2lip-gan wav2lip_gan.pth] \\
         --s3fd s3fd.pth --output-dir models
-    python convert_to_openvino.py --download --output-dir models        # needs WAV2LIP_URL
+    python convert_to_openvino.py --download --output-dir models        # the authors' files
     python convert_to_openvino.py --random-init 0 --output-dir models   # untrained, for tests
 
 Writes ``wav2lip.xml/.bin``, ``wav2lip_gan.xml/.bin`` (when given), ``face_detection.xml/.bin``
@@ -34,10 +34,11 @@ import torch
 
 from lipsync.conversion.checkpoint_download import (
     DEFAULT_DOWNLOAD_TIMEOUT,
-    DEFAULT_URLS,
+    DEFAULT_SOURCES,
     URL_ENV_VARS,
     DownloadError,
     download_all,
+    page_url,
 )
 from lipsync.conversion.checkpoints import (
     MODEL_KINDS,
@@ -192,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode = src.add_mutually_exclusive_group()
     mode.add_argument(
-        "--download", action="store_true", help="download checkpoints not given as local files"
+        "--download",
+        action="store_true",
+        help="download the checkpoints not given as local files (by default the authors' "
+        "published files; the Wav2Lip weights are for non-commercial research use only)",
     )
     mode.add_argument(
         "--random-init",
@@ -205,10 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = kind.replace("_", "-")
         dl.add_argument(
             f"--{flag}-url",
-            help=f"URL (default: ${URL_ENV_VARS[kind]}"
-            + (
-                f" or {DEFAULT_URLS[kind]})" if DEFAULT_URLS[kind] else "; no official direct link)"
-            ),
+            help=f"URL (default: ${URL_ENV_VARS[kind]}, else {page_url(DEFAULT_SOURCES[kind])})",
         )
         dl.add_argument(f"--{flag}-sha256", type=str.lower, help="expected sha256 (hex)")
     dl.add_argument(
