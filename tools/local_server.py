@@ -53,12 +53,25 @@ def _answers(url: str) -> bool:
         return False
 
 
+# The service's gunicorn command (lipsync serve, the Docker image), after `gunicorn`.
+SERVICE_ARGS = ("-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app")
+
+
 def start_server(
-    models_dir: Path, work_dir: Path, timeout_s: float = 120, **env: str
+    models_dir: Path,
+    work_dir: Path,
+    timeout_s: float = 120,
+    app: str | None = None,
+    **env: str,
 ) -> LocalServer:
-    """gunicorn with gunicorn.conf.py on 127.0.0.1:<free port>; its TMPDIR, caches and log
-    under `work_dir`. Extra LIPSYNC_* settings come as keyword arguments."""
+    """gunicorn with the service's config on 127.0.0.1:<free port>; its TMPDIR, caches and
+    log under `work_dir`. Extra LIPSYNC_* settings come as keyword arguments. `app`
+    ("module:attribute"): that app under gunicorn's own defaults instead (bound to the
+    port, no control socket), e.g. the design card's `app:app`."""
     port = free_port()
+    args: tuple[str, ...] = SERVICE_ARGS
+    if app is not None:
+        args = ("--bind", f"127.0.0.1:{port}", "--no-control-socket", app)
     tmpdir = work_dir / "server-tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     environment = {
@@ -77,12 +90,7 @@ def start_server(
     log_path = work_dir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "-c",
-                "python:lipsync.server.gunicorn_conf",
-                "lipsync.server.wsgi:app",
-            ],
+            [str(Path(sys.executable).parent / "gunicorn"), *args],
             cwd=ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,
