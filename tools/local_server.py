@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,25 +54,27 @@ def _answers(url: str) -> bool:
         return False
 
 
-# The service's gunicorn command (lipsync serve, the Docker image), after `gunicorn`.
-SERVICE_ARGS = ("-c", "python:lipsync.server.gunicorn_conf", "lipsync.server.wsgi:app")
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+# The service's command (that of lipsync serve and the Docker image).
+SERVICE_COMMAND = (
+    GUNICORN,
+    "-c",
+    "python:lipsync.server.gunicorn_conf",
+    "lipsync.server.wsgi:app",
+)
 
 
 def start_server(
     models_dir: Path,
     work_dir: Path,
     timeout_s: float = 120,
-    app: str | None = None,
+    command: Sequence[str] = SERVICE_COMMAND,
     **env: str,
 ) -> LocalServer:
-    """gunicorn with the service's config on 127.0.0.1:<free port>; its TMPDIR, caches and
-    log under `work_dir`. Extra LIPSYNC_* settings come as keyword arguments. `app`
-    ("module:attribute"): that app under gunicorn's own defaults instead (bound to the
-    port, no control socket), e.g. the design card's `app:app`."""
+    """The server on 127.0.0.1:<free port> (HOST and PORT; "{port}" in `command` becomes
+    it too), run from the source tree; its TMPDIR, caches and log under `work_dir`. Extra
+    LIPSYNC_* settings come as keyword arguments."""
     port = free_port()
-    args: tuple[str, ...] = SERVICE_ARGS
-    if app is not None:
-        args = ("--bind", f"127.0.0.1:{port}", "--no-control-socket", app)
     tmpdir = work_dir / "server-tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     environment = {
@@ -90,7 +93,7 @@ def start_server(
     log_path = work_dir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), *args],
+            [part.format(port=port) for part in command],
             cwd=ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,
