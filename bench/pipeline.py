@@ -19,8 +19,8 @@ VP9/Opus WebM encode). Stage times are medians over --repeats runs after a warm-
   `total_box` / `rtf_box` the request with that box instead of detection.
 - `rtf` = total / speech duration (< 1 is faster than real time).
 
-It also times the plain PyTorch reference pipeline (networks/reference_pipeline.py) on the
-5 s input at the first size: without encoding, against ours doing the same work; and end to
+It also times the plain PyTorch reference pipeline (lipsync/networks/reference_pipeline.py)
+on the 5 s input at the first size: without encoding, against ours doing the same work; and end to
 end, with the reference's way of writing the video (DIVX AVI via cv2.VideoWriter, then
 ffmpeg's H.264 + AAC re-encode, here through PyAV), against our whole request. The
 baseline and ours alternate for --pairs rounds (fresh processes each) and the ratios are
@@ -29,8 +29,8 @@ Wav2Lip-only microbenchmark adds frames/s per batch size for each OpenVINO preci
 LATENCY vs THROUGHPUT hints, and PyTorch fp32 at batch 16.
 
 Without trained models in models/ it converts seeded random-init networks (cached in
-.cache/bench-models, with an INT8 copy made by tools/quantize_int8.py) and says so loudly:
-the graphs are the real ones, so speeds are representative; the outputs are noise.
+.cache/bench-models, with an INT8 copy made by lipsync/conversion/quantize_int8.py) and says so
+loudly: the graphs are the real ones, so speeds are representative; the outputs are noise.
 
 Run it from the project root. Its parts: bench/stages.py (the pipeline child),
 bench/precision.py (the Wav2Lip-only microbenchmark child), bench/torch_baseline.py (the

@@ -5,8 +5,8 @@
                              [--out bench/results/realtime.json]
 
 Per precision, starts gunicorn on loopback (untrained random-init models when none are
-given, with their INT8 copy made once by tools/quantize_int8.py: speed is the same, mouths
-are meaningless), registers test_assets/face.jpg once, then for each N in `--clients`
+given, with their INT8 copy made once by lipsync/conversion/quantize_int8.py: speed is the
+same, mouths are meaningless), registers test_assets/face.jpg once, then for each N in `--clients`
 opens N /api/stream sessions at once, each sending test_assets/speech.wav (looped) as
 40 ms PCM chunks paced in real time for `--seconds` (chunk k leaves when its last sample
 is due, as from a microphone), then `flush`. Latencies per frame, the flushed tail left

@@ -1,5 +1,6 @@
-"""The PyTorch baseline child: the reference pipeline (networks/reference_pipeline.py) in
-PyTorch, with the reference's way of writing the video, and Wav2Lip frames/s at batch 16.
+"""The PyTorch baseline child: the reference pipeline in PyTorch
+(lipsync/networks/reference_pipeline.py), with the reference's way of writing the video, and
+Wav2Lip frames/s at batch 16.
 """
 
 from __future__ import annotations

@@ -120,28 +120,6 @@ def paste_face(
     region[:] = cv2.blendLinear(resized[first:], region, mask, inverse)
 
 
-def paste_faces(
-    frames: np.ndarray,
-    boxes: np.ndarray,
-    mouths: np.ndarray,
-    crops: np.ndarray | None = None,
-    blend: str = "none",
-) -> np.ndarray:
-    """Paste generated 96x96 faces into their frames, in place, and return the frames.
-
-    frames: (k, H, W, 3) uint8, writable and owned by the caller; boxes: (k, 4)
-    `(top, bottom, left, right)`; mouths, crops (the original faces, needed by "soft"):
-    (k, 96, 96, 3) uint8. blend "none" is the reference's paste.
-    """
-    if crops is None:
-        if blend != "none":
-            raise ValueError(f"blend {blend!r} needs the original crops")
-        crops = mouths
-    for frame, box, mouth, crop in zip(frames, boxes, mouths, crops, strict=True):
-        paste_face(frame, box, mouth, crop, blend)
-    return frames
-
-
 def gate_weights(silent: np.ndarray, fade_frames: int) -> np.ndarray:
     """Generated share per frame under the silence gate: (N,) bool -> (N,) float32 in [0, 1].
 

@@ -7,8 +7,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
@@ -78,16 +78,23 @@ def timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[No
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+# Mode of a new file before the umask, as `open()` and every other tool create files; the
+# rename keeps the sibling's mode, so the sibling is created with it (not mkstemp's 0600).
+NEW_FILE_MODE = 0o666
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write a hidden sibling of `path`, then rename it: no half-written file under `path`,
-    and no sibling left behind when writing fails."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    and no sibling left behind when writing fails. The file's mode is 0666 less the
+    process's umask (e.g. 0644 under umask 022), as for any file the user creates."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

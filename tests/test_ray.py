@@ -165,7 +165,9 @@ def test_an_avatar_serves_every_replica_as_replicas_scale_up_and_down(cluster):
 
     deadline = time.monotonic() + LOAD_TIMEOUT_S
     replicas_seen: set[str] = set()
-    most_nodes = 1  # nodes running a replica at once
+    # Nodes running a replica at once: the distinct raylets whose child is a replica
+    # process (replica_pids leaves out what a replica forks, which carries its title).
+    most_nodes = 1
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         # Keep four generations in flight until two replicas have answered (and at least 8
         # generations are done); the second replica comes after upscale_delay_s + its start.

@@ -177,22 +177,35 @@ def stop_cluster(cluster: LocalRayCluster, grace_s: float = 10) -> None:
     shutil.rmtree(cluster.env["RAY_TMPDIR"], ignore_errors=True)
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, parent pid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _zombie(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return _stat(pid)[0] == "Z"
     except (OSError, IndexError):
         return False
 
 
+def _command(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
 def replica_pids(cluster: LocalRayCluster) -> dict[int, int]:
     """The cluster's Serve replica processes (Ray titles them `ray::ServeReplica:...`),
-    each with its parent: the raylet of the node it runs on."""
-    replicas = {}
+    each with its parent: the raylet of the node it runs on. A process that a replica forks
+    carries the replica's title until it execs (seen while a replica starts); its parent is
+    the replica, not a raylet, so it is left out (it once made two replicas look like
+    replicas on three nodes)."""
+    commands, parents = {}, {}
     for pid in cluster_pids(cluster):
-        try:
-            if b"ServeReplica:" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                replicas[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return replicas
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            commands[pid], parents[pid] = _command(pid), int(_stat(pid)[1])
+    raylets = {pid for pid, command in commands.items() if command[0].endswith(b"/raylet")}
+    return {
+        pid: parents[pid]
+        for pid, command in commands.items()
+        if parents[pid] in raylets and b"ServeReplica:" in b" ".join(command)
+    }

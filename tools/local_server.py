@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +54,26 @@ def _answers(url: str) -> bool:
         return False
 
 
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+# The service's command (that of lipsync serve and the Docker image).
+SERVICE_COMMAND = (
+    GUNICORN,
+    "-c",
+    "python:lipsync.server.gunicorn_conf",
+    "lipsync.server.wsgi:app",
+)
+
+
 def start_server(
-    models_dir: Path, work_dir: Path, timeout_s: float = 120, **env: str
+    models_dir: Path,
+    work_dir: Path,
+    timeout_s: float = 120,
+    command: Sequence[str] = SERVICE_COMMAND,
+    **env: str,
 ) -> LocalServer:
-    """gunicorn with gunicorn.conf.py on 127.0.0.1:<free port>; its TMPDIR, caches and log
-    under `work_dir`. Extra LIPSYNC_* settings come as keyword arguments."""
+    """The server on 127.0.0.1:<free port> (HOST and PORT; "{port}" in `command` becomes
+    it too), run from the source tree; its TMPDIR, caches and log under `work_dir`. Extra
+    LIPSYNC_* settings come as keyword arguments."""
     port = free_port()
     tmpdir = work_dir / "server-tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
@@ -77,12 +93,7 @@ def start_server(
     log_path = work_dir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "-c",
-                "python:lipsync.server.gunicorn_conf",
-                "lipsync.server.wsgi:app",
-            ],
+            [part.format(port=port) for part in command],
             cwd=ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,

@@ -155,10 +155,6 @@ def int8_path(xml_path: str | Path) -> Path:
     return xml_path.with_name(xml_path.stem + INT8_SUFFIX + xml_path.suffix)
 
 
-def count_ops(model: ov.Model, type_name: str) -> int:
-    return sum(op.get_type_name() == type_name for op in model.get_ops())
-
-
 # --- Accuracy ---------------------------------------------------------------------------------
 
 

@@ -62,13 +62,3 @@ def sniff_media(data: bytes) -> MediaKind | None:
     if video_demuxer(data) is not None:
         return "video"
     return None
-
-
-def is_image(data: bytes) -> bool:
-    """True if `data` starts like an image format `decode_image` reads."""
-    return sniff_media(data) == "image"
-
-
-def is_video(data: bytes) -> bool:
-    """True if `data` starts like a video container `decode_video` reads."""
-    return sniff_media(data) == "video"

@@ -19,8 +19,6 @@ from lipsync.runtime.core import CompiledNetwork
 
 # Side of the square face crop the generator sees and produces.
 FACE_SIZE = 96
-# Input channels: the crop with its lower half blanked (the pose), then the crop itself.
-FACE_CHANNELS = 6
 AUDIO_INPUT = "audio_sequences"
 FACE_INPUT = "face_sequences"
 OUTPUT = "lipsync"

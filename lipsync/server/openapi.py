@@ -60,11 +60,6 @@ def ref(name: str, kind: str = "schemas") -> dict[str, str]:
     return {"$ref": REF.format(kind=kind, name=name)}
 
 
-def all_error_codes() -> set[str]:
-    """Every error code the API documents (for tests and clients)."""
-    return {member.code for member in ErrorCode}
-
-
 # -- what routes declare -------------------------------------------------------------------
 
 
