@@ -26,6 +26,8 @@ FACE = (ROOT / "test_assets" / "face.jpg").read_bytes()
 PAUSE_S = 3.0
 IDLE_SOCKETS = 12  # more than both workers' live sessions (4 each by default)
 UTTERANCE_S = 4.0
+# A live client gives up on a session that sends nothing this long (a killed worker's).
+LIVE_READ_TIMEOUT_S = 90.0
 TMPFS_BYTES = 8 * 1024 * 1024
 # After a fault, live lag is left out of the "outside faults" figures this long.
 FAULT_SETTLE_S = 5.0
@@ -229,7 +231,7 @@ def live_client(ws_url: str, name: str, avatar_id: str, pcm, record: Record, sto
 
 
 def open_live(ws_url: str, avatar_id: str) -> websocket.WebSocket:
-    ws = websocket.create_connection(ws_url, timeout=30)
+    ws = websocket.create_connection(ws_url, timeout=LIVE_READ_TIMEOUT_S)
     ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"quality": 80}}))
     ready = json.loads(ws.recv())
     if ready.get("type") != "ready":
@@ -257,7 +259,7 @@ def utterance(ws: websocket.WebSocket, pcm: np.ndarray, record: Record) -> None:
     reader.start()
     sent_at = send_paced(ws, pcm, UTTERANCE_S)
     ws.send(json.dumps({"type": "flush"}))
-    reader.join(60)
+    reader.join(2 * LIVE_READ_TIMEOUT_S)
     if not flushed:
         raise websocket.WebSocketException("no flushed answer")
     with record.lock:
