@@ -83,13 +83,8 @@ def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, qualit
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    chunks = int(seconds * RATE / CHUNK)
     start = time.perf_counter()
-    for k in range(chunks):
-        time.sleep(max(start + (k + 1) * CHUNK / RATE - time.perf_counter(), 0))
-        offset = (k * CHUNK) % (len(pcm) - CHUNK)
-        sent_at.append(time.perf_counter())
-        ws.send_binary(pcm[offset : offset + CHUNK].tobytes())
+    sent_at.extend(send_paced(ws, pcm, seconds))
     streamed_until = time.perf_counter()
     ws.send(json.dumps({"type": "flush"}))
     reader.join(120)
@@ -108,6 +103,19 @@ def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, qualit
         "dropped": state["dropped"],
         "flushed": state["flushed"],
     }
+
+
+def send_paced(ws: websocket.WebSocket, pcm: np.ndarray, seconds: float) -> list[float]:
+    """`seconds` of `pcm` (looped) as CHUNK-sample messages, each sent when its last sample
+    is due (as from a microphone); -> each chunk's send time (time.perf_counter)."""
+    sent_at = []
+    start = time.perf_counter()
+    for k in range(int(seconds * RATE / CHUNK)):
+        time.sleep(max(start + (k + 1) * CHUNK / RATE - time.perf_counter(), 0))
+        offset = (k * CHUNK) % (len(pcm) - CHUNK)
+        sent_at.append(time.perf_counter())
+        ws.send_binary(pcm[offset : offset + CHUNK].tobytes())
+    return sent_at
 
 
 def measure(url: str, avatar_id: str, pcm: np.ndarray, clients: int, seconds: float, q: int):

@@ -45,6 +45,7 @@ from lipsync.faces import PreparedFace, as_frames, batch_bounds, crop_faces, fra
 from lipsync.media.sizing import fit_frames, scale_box, scale_rect
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
+from lipsync.runtime.priority import InferenceGate
 from lipsync.runtime.wav2lip import (
     FACE_SIZE,
     Pending,
@@ -122,6 +123,8 @@ class Wav2LipInferenceEngine:
             **{name: (g.encoder, g.decoder) for name, g in self._generators.items()},
         }
         self.detector = S3FDDetector(*self._networks[DETECTOR_NAME])
+        # Live batches (the server's real-time sessions) go before this engine's other ones.
+        self.inference_gate = InferenceGate()
 
     def _network(self, filename: str, preprocess) -> CompiledNetwork:
         return CompiledNetwork(
@@ -283,17 +286,20 @@ class Wav2LipInferenceEngine:
         """`start(mels, idx)` -> the pending mouths of mel windows (B, 80, 16) for the
         prepared frames `idx` (B,): an image's face goes through the face encoder here,
         once, and each batch only through the decoder; video frames through the whole
-        network."""
+        network. Each batch first lets pending live batches go (`inference_gate`)."""
         generator = self.generator(model)
+        gate = self.inference_gate
         if prepared.num_frames == 1:
             with timed(timings, "infer"):
                 features = generator.encode_face(prepared.inputs)
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
+                gate.before_batch()
                 return generator.start_with_face(mels, features)
         else:
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
+                gate.before_batch()
                 return generator.start(mels, prepared.inputs[idx])
 
         return start

@@ -1,7 +1,11 @@
 """Admission control and cooperative cancellation for expensive requests.
 
 A worker runs at most `max_concurrent` generations; up to `max_queue` more wait at most
-`max_wait_s` for a slot; anything beyond is refused at once with 503 + Retry-After.
+`max_wait_s` for a slot; anything beyond is refused at once with 503 + Retry-After, and
+the connection is closed after that answer (`end_connection`): admission is per worker and
+a keep-alive connection stays with the worker that accepted it, so a client retrying on it
+would only ever ask the busy worker; its retry opens a new connection, which any worker
+may accept.
 A running generation checks its `Deadline` between frame batches and stops when the time
 limit passes (504) or the client has hung up.
 """
@@ -113,6 +117,17 @@ class AdmissionController:
                 self.active -= 1
                 self._changed()
             self._slots.release()
+
+
+def end_connection(sock: socket.socket | None) -> None:
+    """Close a keep-alive connection once its answer is sent: shut its reading side, so the
+    server reads end-of-file where the next request would be and closes the connection
+    (no WSGI means to ask the server for `Connection: close`). None (no server socket, e.g.
+    Flask's test client): nothing to do."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already gone
+        sock.shutdown(socket.SHUT_RD)
 
 
 def peer_closed(sock: socket.socket | None) -> bool:

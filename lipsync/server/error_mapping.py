@@ -18,7 +18,7 @@ from lipsync.engine import ModelNotFoundError
 from lipsync.errors import AvatarStoreUnavailableError, ErrorCode, LipSyncError
 from lipsync.face_detection import FaceNotDetectedError
 from lipsync.server import observability as obs
-from lipsync.server.admission import OverloadedError
+from lipsync.server.admission import OverloadedError, end_connection
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ def domain_error(exc: LipSyncError) -> tuple[Response, int]:
     response, status = error_response(code.status, code.code, message, exc.field)
     if isinstance(exc, OverloadedError | AvatarStoreUnavailableError):
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, OverloadedError):  # the retry may reach another worker's capacity
+        sock = request.environ.get("gunicorn.socket")
+        response.call_on_close(lambda: end_connection(sock))
     if status in REJECTED_STATUSES and code is not ErrorCode.MODEL_UNAVAILABLE:
         obs.REJECTED.labels(code.code).inc()
     return response, status

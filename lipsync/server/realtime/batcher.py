@@ -11,7 +11,10 @@ pending yet (it is pasting and encoding its last frames), the turn waits up to L
 for it, so sessions that take turns do not each run alone. Pasting and JPEG/WebM encoding
 stay on each session's thread.
 
-An image's features are computed once per session (`starter`), not per push.
+An image's features are computed once per session (`starter`), not per push. From its
+submission until its inference has run, a session's batch holds the engine's
+`inference_gate`: whole-file and streamed generations of the worker start no new batch
+meanwhile (live first, lipsync/runtime/priority.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.faces import PreparedFace
+from lipsync.runtime.priority import InferenceGate
 from lipsync.runtime.wav2lip import FaceFeatures, Wav2LipGenerator
 from lipsync.server import observability as obs
 from lipsync.server.offload import NativeEvent
@@ -47,6 +51,7 @@ class _Job:
 
     generator: Wav2LipGenerator
     owner: int
+    gate: InferenceGate
     mels: np.ndarray
     features: FaceFeatures | None = None
     faces: np.ndarray | None = None
@@ -86,21 +91,22 @@ class FrameBatcher:
         """A session's `start(mels, idx)` for `iter_frames`: an image's face is encoded
         here, once (counted in lipsync_realtime_face_encodes_total)."""
         generator = engine.generator(model)
-        owner = next(self._owners)
+        owner, gate = next(self._owners), engine.inference_gate
         if prepared.num_frames == 1:
             features = generator.encode_face(prepared.inputs)
             obs.REALTIME_FACE_ENCODES.inc()
 
             def start(mels: np.ndarray, idx: np.ndarray) -> _Ticket:
-                return self.submit(_Job(generator, owner, mels, features=features))
+                return self.submit(_Job(generator, owner, gate, mels, features=features))
         else:
 
             def start(mels: np.ndarray, idx: np.ndarray) -> _Ticket:
-                return self.submit(_Job(generator, owner, mels, faces=prepared.inputs[idx]))
+                return self.submit(_Job(generator, owner, gate, mels, faces=prepared.inputs[idx]))
 
         return start
 
     def submit(self, job: _Job) -> _Ticket:
+        job.gate.live_begin()
         with self._mutex:
             self._pending.append(job)
             self._last_seen[job.owner] = time.monotonic()
@@ -176,6 +182,7 @@ class FrameBatcher:
                 obs.REALTIME_BATCH_FRAMES.observe(int(offsets[-1]))
                 obs.REALTIME_BATCH_SESSIONS.observe(len({job.owner for job in group}))
             for job in group:
+                job.gate.live_end()
                 job.done = True
                 job.wake.set()
 
