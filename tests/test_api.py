@@ -208,7 +208,7 @@ def test_an_internal_value_error_is_a_logged_500(
     def broken(*args, **kwargs):
         raise ValueError(secret)
 
-    monkeypatch.setattr("audio.melspectrogram", broken)
+    monkeypatch.setattr("lipsync.audio.melspectrogram", broken)
     with caplog.at_level(logging.ERROR):
         response = client.post(
             "/api/generate",
