@@ -8,7 +8,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from lipsync.avatars import Avatar, AvatarStore
-from lipsync.errors import InvalidFieldError, NotFoundError
+from lipsync.errors import ErrorCode, InvalidFieldError, NotFoundError
 from lipsync.options import RenderOptions
 
 
@@ -77,6 +77,8 @@ def resolve_face(
     elif face is not None:
         avatar, _ = store.get_or_create(face, options, persist=False, timings=timings)
     else:
-        raise InvalidFieldError("image", "image (or video) or avatar_id is required")
+        raise InvalidFieldError(
+            "image", "image (or video) or avatar_id is required", code=ErrorCode.MISSING_FIELD
+        )
     fps = options.fps if avatar.fps is None else avatar.fps
     return Face(avatar, dataclasses.replace(options, fps=fps, quality=avatar.quality))
