@@ -21,7 +21,9 @@ from flask_openapi3 import APIBlueprint, OpenAPI
 from flask_sock import Sock
 
 from lipsync.errors import ForbiddenOriginError, InvalidInputError, LipSyncError
+from lipsync.faces import PreparedFace
 from lipsync.generation import check_sample_rate
+from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import OverloadedError
 from lipsync.server.offload import run_in_thread
@@ -31,7 +33,7 @@ from lipsync.server.realtime.batcher import FrameBatcher
 from lipsync.server.realtime.outputs import JpegOutput, WebmOutput, make_output
 from lipsync.server.realtime.session import Session, SessionClosed, SessionFace, parse_text
 from lipsync.server.service import Service, service
-from lipsync.serving.faces import Face, resolve_face
+from lipsync.serving.faces import resolve_face
 from lipsync.serving.options import render_options
 from lipsync.serving.payloads import decode_base64
 
@@ -203,16 +205,15 @@ def _ready(
     svc: Service, start: p.Start, batcher: FrameBatcher
 ) -> tuple[SessionFace, JpegOutput | WebmOutput]:
     """The session's face (features encoded once) and output encoder (native thread)."""
-    face = _face(svc, start)
-    prepared, options = face.avatar.prepared, face.options
+    prepared, options = _face(svc, start)
     starter = batcher.starter(svc.engine, prepared, options.model)
-    ready = SessionFace(svc.engine, prepared, options, start.audio.sample_rate, starter)
+    face = SessionFace(svc.engine, prepared, options, start.audio.sample_rate, starter)
     height, width = prepared.frames.shape[1:3]
-    return ready, make_output(start, options.fps, width, height)
+    return face, make_output(start, options.fps, width, height)
 
 
-def _face(svc: Service, start: p.Start) -> Face:
-    """The start's avatar or image and its render options (native thread)."""
+def _face(svc: Service, start: p.Start) -> tuple[PreparedFace, RenderOptions]:
+    """(prepared face, render options) of the start's avatar or image (native thread)."""
     given = {"box", "fps", "model", "silence_gate", "silence_threshold_db"}
     options = render_options(svc.settings, **start.model_dump(include=given))
     image = None
@@ -221,4 +222,5 @@ def _face(svc: Service, start: p.Start) -> Face:
             image = decode_base64(start.image)
         except InvalidInputError as exc:
             raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, f"image: {exc.message}") from None
-    return resolve_face(svc.store, options, avatar_id=start.avatar_id, face=image)
+    face = resolve_face(svc.store, options, avatar_id=start.avatar_id, face=image)
+    return face.avatar.prepared, face.options
