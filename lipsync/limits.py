@@ -51,5 +51,3 @@ JPEG_QUALITY = Range(1, 100, integer=True)
 # Pads and box: [top, bottom, left, right] pixels; pads are never negative.
 FACE_SIDES = 4
 MIN_PAD = 0
-# Frames run through the generator at once (LIPSYNC_BATCH_SIZE; the engine's argument).
-MIN_BATCH_SIZE = 1
