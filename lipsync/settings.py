@@ -170,7 +170,7 @@ class Settings:
         low, high = self.min_audio_sample_rate, self.max_audio_sample_rate
         if not rates.minimum <= low <= high <= rates.maximum:
             raise ValueError(
-                f"audio sample rate range {low}..{high} is empty or not within {rates.text} Hz"
+                f"audio sample rate range is empty or not within {rates.text} Hz: {low}..{high}"
             )
 
     @property
