@@ -12,7 +12,6 @@ status 2; a broken installation (models missing, output not writable) exits with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, cast
 
 from lipsync.errors import InvalidInputError
-from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, RenderOptions
+from lipsync.options import GENERATOR_NAMES, FaceBox, RenderOptions
+from lipsync.serving.options import LIBRARY_DEFAULTS, render_options
 from lipsync.settings import FORMATS, Settings
 from lipsync.util import configure_logging, write_atomically
 
@@ -75,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("face", type=Path, help="face image or video file")
     gen.add_argument("audio", type=Path, help="speech audio file (WAV, MP3, ...)")
     gen.add_argument("-o", "--output", type=Path, required=True, help="video to write")
-    gen.add_argument("--fps", type=float, default=25.0, help="frame rate for an image face")
+    gen.add_argument(
+        "--fps", type=float, default=LIBRARY_DEFAULTS.fps, help="frame rate for an image face"
+    )
     gen.add_argument("--format", choices=FORMATS, help="container (default: OUT's extension)")
-    gen.add_argument("--model", choices=GENERATOR_NAMES, default="wav2lip")
+    gen.add_argument("--model", choices=GENERATOR_NAMES, default=LIBRARY_DEFAULTS.model)
     gen.add_argument("--box", type=parse_box, help="face box T,B,L,R in pixels (no detection)")
     gen.add_argument(
-        "--pads", type=int, nargs=4, default=DEFAULT_PADS, metavar=("T", "B", "L", "R")
+        "--pads", type=int, nargs=4, default=LIBRARY_DEFAULTS.pads, metavar=("T", "B", "L", "R")
     )
     gen.add_argument("--precision", choices=PRECISIONS, help="LIPSYNC_PRECISION, default auto")
     gen.add_argument("--models-dir", type=Path, help="converted models (LIPSYNC_MODELS_DIR)")
@@ -150,7 +152,9 @@ def generate(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise UserError(f"output directory not found: {args.output.parent}")
     try:
-        options = RenderOptions(fps=args.fps, pads=tuple(args.pads), box=args.box, model=args.model)
+        options = render_options(
+            settings, fps=args.fps, pads=args.pads, box=args.box, model=args.model
+        )
         data = render(args.face, args.audio, options, container, settings, args.quiet)
     except InvalidInputError as exc:  # media, audio, face and option errors
         raise UserError(getattr(exc, "message", str(exc))) from None
@@ -187,32 +191,19 @@ def render(
 ) -> bytes:
     """Decode both files, detect the face, lip-sync and encode. -> the video file's bytes."""
     from lipsync import generation
-    from lipsync.engine import Wav2LipInferenceEngine
-    from lipsync.media.encode_options import EncodeOptions
+    from lipsync.serving.engine import build_engine, build_store
+    from lipsync.serving.faces import resolve_face
+    from lipsync.serving.producing import produce
 
     speech = generation.decode_speech(audio_path.read_bytes(), settings)
+    engine = build_engine(settings)
+    store = build_store(settings, lambda: engine, registered=False)
     try:
-        frames, video_fps = generation.decode_face(face.read_bytes(), settings)
+        resolved = resolve_face(store, options, face=face.read_bytes())
     except InvalidInputError as exc:
         raise UserError(f"face file {face}: {getattr(exc, 'message', exc)}") from None
-    if video_fps is not None:  # a video keeps its own frame rate
-        options = dataclasses.replace(options, fps=video_fps)
-    engine = Wav2LipInferenceEngine(
-        settings.models_dir,
-        settings.device,
-        settings.precision,
-        cache_dir=settings.cache_dir,
-        batch_size=settings.batch_size,
-    )
-    prepared = engine.prepare_face(frames, options)
-    result = generation.generate(
-        engine,
-        prepared,
-        speech,
-        options,
-        EncodeOptions(container=container),
-        on_frames=None if quiet else Progress(sys.stderr),
-    )
+    progress = None if quiet else Progress(sys.stderr)
+    result = produce(generation.generate, engine, resolved, speech, container, on_frames=progress)
     return result.video.data
 
 

@@ -17,13 +17,14 @@ from lipsync import audio, compositing
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import AudioError, ErrorCode, InvalidInputError
 from lipsync.faces import PreparedFace
+from lipsync.limits import FPS
 from lipsync.media.audio_probe import declared_audio
 from lipsync.media.encode import EncodedVideo, VideoEncoder
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.media.images import decode_image
 from lipsync.media.sniff import sniff_media
 from lipsync.media.video import decode_video
-from lipsync.options import MAX_FPS, RenderOptions
+from lipsync.options import RenderOptions
 from lipsync.settings import Settings
 from lipsync.util import timed
 
@@ -65,7 +66,7 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
     duration a file declares (at an accepted sample rate: other rates get their own error
     from decoding) is checked before decoding it, the decoded one after."""
     declared = declared_audio(data)
-    if declared is not None and _accepted_rate(declared[1], settings):
+    if declared is not None and accepted_sample_rate(declared[1], settings):
         _check_duration(declared[0], settings)
     try:
         track, rate = audio.read_audio(data)
@@ -73,19 +74,25 @@ def decode_speech(data: bytes, settings: Settings) -> Speech:
         raise AudioError(
             f"audio could not be decoded: {exc}", code=ErrorCode.UNSUPPORTED_AUDIO, field="audio"
         ) from exc
-    if not _accepted_rate(rate, settings):
-        raise AudioError(
-            f"audio sample rate {rate} Hz is outside {settings.min_audio_sample_rate}.."
-            f"{settings.max_audio_sample_rate} Hz",
-            code=ErrorCode.UNSUPPORTED_SAMPLE_RATE,
-            field="audio",
-        )
+    check_sample_rate(rate, settings)
     _check_duration(len(track) / rate, settings)
     return Speech(track=track, track_rate=rate, model_input=audio.resample(track, rate))
 
 
-def _accepted_rate(rate: int, settings: Settings) -> bool:
+def accepted_sample_rate(rate: int, settings: Settings) -> bool:
     return settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate
+
+
+def check_sample_rate(rate: int, settings: Settings, field: str = "audio") -> None:
+    """AudioError (`unsupported_sample_rate`, naming `field`) for speech at `rate` Hz
+    outside the settings' range."""
+    if not accepted_sample_rate(rate, settings):
+        raise AudioError(
+            f"{field}: sample rate {rate} Hz is outside {settings.min_audio_sample_rate}.."
+            f"{settings.max_audio_sample_rate} Hz",
+            code=ErrorCode.UNSUPPORTED_SAMPLE_RATE,
+            field=field,
+        )
 
 
 def _check_duration(seconds: float, settings: Settings) -> None:
@@ -110,9 +117,9 @@ def decode_face(data: bytes, settings: Settings) -> tuple[np.ndarray, float | No
         max_pixels=settings.max_image_pixels,
         max_duration_s=settings.max_video_seconds,
     )
-    if not 1 <= video.fps <= MAX_FPS:
+    if video.fps not in FPS:
         raise InvalidInputError(
-            f"video frame rate {video.fps:g} is outside 1..{MAX_FPS:g} fps",
+            f"video frame rate {video.fps:g} is outside {FPS.text} fps",
             code=ErrorCode.INVALID_VIDEO,
         )
     return np.stack(video.frames), video.fps

@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass
 
 from lipsync.errors import InvalidFieldError, InvalidInputError
+from lipsync.limits import FACE_SIDES, FPS, MIN_PAD, SILENCE_FADE_FRAMES, SILENCE_THRESHOLD_DB
 
 # The Wav2Lip generators a request can choose: the base model and the GAN-trained one.
 GENERATOR_NAMES = ("wav2lip", "wav2lip_gan")
 DEFAULT_PADS = (0, 10, 0, 0)
-MAX_FPS = 60.0
 
 # How a generated face goes back into its frame: "soft" takes only the lower face through a
 # feathered mask with its colour matched; "none" pastes the whole box like the reference.
@@ -28,14 +28,12 @@ QUALITY_BOUNDS: dict[str, tuple[int, int] | None] = {
 }
 QUALITY_MODES = tuple(QUALITY_BOUNDS)
 # Silence gate: a frame whose mel window peaks below this level (dB on Wav2Lip's mel scale,
-# floor -100) shows the avatar's own frame. Measured on test_assets/speech.wav: speech
-# windows peak at -27..-46 dB, white noise at -60 dBFS RMS at -74 dB, digital silence -100.
+# within `limits.SILENCE_THRESHOLD_DB`) shows the avatar's own frame. Measured on
+# test_assets/speech.wav: speech windows peak at -27..-46 dB, white noise at -60 dBFS RMS
+# at -74 dB, digital silence -100.
 DEFAULT_SILENCE_THRESHOLD_DB = -65.0
-MIN_SILENCE_THRESHOLD_DB = -100.0
-MAX_SILENCE_THRESHOLD_DB = 0.0
 # Frames over which generated and original frames cross-fade at a switch.
 DEFAULT_SILENCE_FADE_FRAMES = 3
-MAX_SILENCE_FADE_FRAMES = 25
 
 # A detection rectangle as S3FD gives it: (x1, y1, x2, y2), pixels.
 Rect = tuple[int, int, int, int]
@@ -65,14 +63,14 @@ class RenderOptions:
         """InvalidFieldError (a ValueError) naming the first option out of range."""
         if not (isinstance(self.fps, int | float) and math.isfinite(self.fps)):
             raise InvalidFieldError("fps", f"must be a number, got {self.fps!r}")
-        if not 1.0 <= self.fps <= MAX_FPS:
-            raise InvalidFieldError("fps", f"must be between 1 and {MAX_FPS:g}, got {self.fps!r}")
-        if len(self.pads) != 4 or any(
-            not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in self.pads
+        if self.fps not in FPS:
+            raise InvalidFieldError("fps", f"must be between {FPS.text}, got {self.fps!r}")
+        if len(self.pads) != FACE_SIDES or any(
+            not isinstance(p, int) or isinstance(p, bool) or p < MIN_PAD for p in self.pads
         ):
             raise InvalidFieldError("pads", f"must be 4 non-negative integers, got {self.pads!r}")
         if self.box is not None and (
-            len(self.box) != 4
+            len(self.box) != FACE_SIDES
             or any(not isinstance(v, int) or isinstance(v, bool) for v in self.box)
         ):
             raise InvalidFieldError(
@@ -96,25 +94,16 @@ class RenderOptions:
 
     def _check_silence_options(self) -> None:
         threshold = self.silence_threshold_db
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not MIN_SILENCE_THRESHOLD_DB <= threshold <= MAX_SILENCE_THRESHOLD_DB
-        ):
+        if threshold not in SILENCE_THRESHOLD_DB:
             raise InvalidFieldError(
                 "silence_threshold_db",
-                f"must be a number between {MIN_SILENCE_THRESHOLD_DB:g} "
-                f"and {MAX_SILENCE_THRESHOLD_DB:g}, got {threshold!r}",
+                f"must be a number between {SILENCE_THRESHOLD_DB.text}, got {threshold!r}",
             )
         fade = self.silence_fade_frames
-        if (
-            isinstance(fade, bool)
-            or not isinstance(fade, int)
-            or not 0 <= fade <= MAX_SILENCE_FADE_FRAMES
-        ):
+        if not isinstance(fade, int) or fade not in SILENCE_FADE_FRAMES:
             raise InvalidFieldError(
                 "silence_fade_frames",
-                f"must be an integer between 0 and {MAX_SILENCE_FADE_FRAMES}, got {fade!r}",
+                f"must be an integer between {SILENCE_FADE_FRAMES.text}, got {fade!r}",
             )
 
 

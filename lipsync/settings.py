@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lipsync.limits import AUDIO_SAMPLE_RATE_HZ
 from lipsync.options import BLEND_MODES, QUALITY_MODES
 
 ENV_PREFIX = "LIPSYNC_"
@@ -113,8 +114,9 @@ class Settings:
     avatar_store_timeout_s: float = 1.0
     # A video frame without a face: 422 naming it (false) or use the nearest frame's box.
     fill_missing_faces: bool = False
-    min_audio_sample_rate: int = 8000
-    max_audio_sample_rate: int = 192000
+    # Speech sample rates accepted: within limits.AUDIO_SAMPLE_RATE_HZ (narrowed, not widened).
+    min_audio_sample_rate: int = int(AUDIO_SAMPLE_RATE_HZ.minimum)
+    max_audio_sample_rate: int = int(AUDIO_SAMPLE_RATE_HZ.maximum)
     # Admission control per worker: running generations, queued ones, longest queue wait.
     max_concurrent: int = 1
     max_queue: int = 2
@@ -164,10 +166,11 @@ class Settings:
             problem = _problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
-        if not 0 < self.min_audio_sample_rate <= self.max_audio_sample_rate:
+        rates = AUDIO_SAMPLE_RATE_HZ
+        low, high = self.min_audio_sample_rate, self.max_audio_sample_rate
+        if not rates.minimum <= low <= high <= rates.maximum:
             raise ValueError(
-                "audio sample rate range is empty: "
-                f"{self.min_audio_sample_rate}..{self.max_audio_sample_rate}"
+                f"audio sample rate range is empty or not within {rates.text} Hz: {low}..{high}"
             )
 
     @property

@@ -1,6 +1,6 @@
 """Python API for integrators who embed the engine (e.g. a voice assistant) instead of HTTP.
 
-head = Wav2LipTalkingHead("avatar.jpg", quality_mode="standard")
+head = Wav2LipTalkingHead("avatar.jpg", preset="standard")
 head.preprocess_avatar()                      # face detection, once
 head.generate("reply.wav", "reply.webm")      # -> "reply.webm" (VP9 + Opus)
 for chunk in head.stream("reply.wav"):        # live WebM chunks while frames are made
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,19 @@ import openvino as ov
 from lipsync import audio, generation
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import InvalidFieldError
-from lipsync.faces import PreparedFace
-from lipsync.media.encode_options import ContainerName, EncodeOptions
+from lipsync.media.encode_options import ContainerName
 from lipsync.media.images import decode_image
-from lipsync.options import DEFAULT_PADS, RenderOptions, output_size
+from lipsync.options import output_size
+from lipsync.serving.engine import build_engine, build_store
+from lipsync.serving.faces import Face, resolve_face
+from lipsync.serving.options import LIBRARY_DEFAULTS, render_options
+from lipsync.serving.producing import produce
 from lipsync.settings import Settings
 from lipsync.util import write_atomically
 
-# A quality mode is a generator and an output size (`lipsync.options.QUALITY_BOUNDS`):
+# A preset is a generator and an output size mode (`quality`, `lipsync.options.QUALITY_BOUNDS`):
 # standard fits 1280x720 with the base model, high 1920x1080 with the GAN-trained one.
-QUALITY_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
+PRESET_MODELS = {"standard": "wav2lip", "high": "wav2lip_gan"}
 CONTAINERS: dict[str, ContainerName] = {".webm": "webm", ".mp4": "mp4"}
 # Speech used to measure throughput when no generation has run yet.
 CALIBRATION_SECONDS = 1.0
@@ -45,52 +49,53 @@ class Wav2LipTalkingHead:
     Raises FileNotFoundError when the image or the models directory does not exist (and
     for a missing model, `inference_engine.ModelNotFoundError`), and ValueError (a
     `lipsync.errors.InvalidInputError` with `.code` and `.field`, or a media error) for an
-    unknown `quality_mode` ("standard" = wav2lip, output within 1280x720; "high" =
-    wav2lip_gan, within 1920x1080), an image that cannot be decoded, unusable audio or
-    options out of range. `model_path` is the directory of converted models (default: the
-    service's `models/`). `blend` and `silence_gate` are those of `RenderOptions` ("none"
-    pastes like the reference; the gate keeps the avatar's own frame in silence).
+    unknown `preset` (generator and output size: "standard" = wav2lip, output within
+    1280x720; "high" = wav2lip_gan, within 1920x1080), an image that cannot be decoded,
+    unusable audio or options out of range. `quality_mode` is the preset's former name
+    (DeprecationWarning). `model_path` is the directory of converted models (default: the
+    service's `models/`); the other settings (batch size, OpenVINO threads, ...) come from
+    the LIPSYNC_* environment as for the service. `blend` and `silence_gate` are those of
+    `RenderOptions` ("none" pastes like the reference; the gate keeps the avatar's own
+    frame in silence; `blend` defaults to LIPSYNC_DEFAULT_BLEND).
     """
 
     def __init__(
         self,
         avatar_image_path: str | os.PathLike,
         device: str = "CPU",
-        quality_mode: str = "standard",
+        preset: str = "standard",
         model_path: str | os.PathLike | None = None,
         *,
         precision: str = "auto",
-        pads: tuple[int, int, int, int] = DEFAULT_PADS,
+        pads: tuple[int, int, int, int] = LIBRARY_DEFAULTS.pads,
         box: tuple[int, int, int, int] | None = None,
-        blend: str = "soft",
+        blend: str | None = None,
         silence_gate: bool = False,
+        quality_mode: str | None = None,
     ) -> None:
-        if quality_mode not in QUALITY_MODELS:
-            raise InvalidFieldError(
-                "quality_mode", f"must be one of {list(QUALITY_MODELS)}, got {quality_mode!r}"
-            )
+        preset = _preset(preset, quality_mode)
         self.avatar_image_path = Path(avatar_image_path)
         if not self.avatar_image_path.is_file():
             raise FileNotFoundError(f"avatar image not found: {self.avatar_image_path}")
-        self.settings = Settings.load({"models_dir": model_path} if model_path else None)
+        overrides = {"device": device, "precision": precision, "models_dir": model_path}
+        self.settings = Settings.load({k: v for k, v in overrides.items() if v is not None})
         if not self.settings.models_dir.is_dir():
             raise FileNotFoundError(f"models directory not found: {self.settings.models_dir}")
-        self.quality_mode = quality_mode
-        self.options = RenderOptions(
+        self.preset = preset
+        self.options = render_options(
+            self.settings,
             pads=pads,
             box=box,
-            model=QUALITY_MODELS[quality_mode],
-            quality=quality_mode,
+            model=PRESET_MODELS[preset],
+            quality=preset,
             blend=blend,
             silence_gate=silence_gate,
         )
-        self._image = decode_image(
-            self.avatar_image_path.read_bytes(), max_pixels=self.settings.max_image_pixels
-        )
-        self._engine: Wav2LipInferenceEngine | None = Wav2LipInferenceEngine(
-            self.settings.models_dir, device, precision, cache_dir=self.settings.cache_dir
-        )
-        self._prepared: PreparedFace | None = None
+        self._image_bytes = self.avatar_image_path.read_bytes()
+        self._image = decode_image(self._image_bytes, max_pixels=self.settings.max_image_pixels)
+        self._engine: Wav2LipInferenceEngine | None = build_engine(self.settings)
+        self._store = build_store(self.settings, lambda: self.engine, registered=False)
+        self._face: Face | None = None
         self._seconds_per_frame: float | None = None
 
     @property
@@ -102,7 +107,7 @@ class Wav2LipTalkingHead:
     def preprocess_avatar(self) -> dict[str, Any]:
         """Fit the image to the quality's size and detect the face, once (later calls are
         free). -> the face box on the output frame and the output size."""
-        top, bottom, left, right = (int(v) for v in self._prepared_face().boxes[0])
+        top, bottom, left, right = (int(v) for v in self._prepared_face().avatar.prepared.boxes[0])
         width, height = self.output_size
         return {"box": [top, bottom, left, right], "width": width, "height": height}
 
@@ -155,13 +160,13 @@ class Wav2LipTalkingHead:
                 "fmt", f"must be one of {list(CONTAINERS.values())}, got {fmt!r}"
             )
         speech = self._read_speech(audio_path)
-        options = dataclasses.replace(self.options, fps=fps)
-        return generation.generate_stream(
+        face = self._at(fps)
+        return produce(
+            generation.generate_stream,
             self.engine,
-            self._prepared_face(),
+            face,
             speech,
-            options,
-            EncodeOptions(container=fmt),
+            fmt,
             include_audio=include_audio,
         )
 
@@ -170,10 +175,11 @@ class Wav2LipTalkingHead:
         soon as they are generated (the first few after one small batch). Errors as
         `generate`, raised here, before any frame."""
         speech = self._read_speech(audio_path)
-        options = dataclasses.replace(self.options, fps=fps)
+        face = self._at(fps)
+        options = face.options
         windows = generation.speech_mel_windows(speech, options.fps)
         batches = self.engine.iter_frames(
-            self._prepared_face(),
+            face.avatar.prepared,
             windows,
             options.model,
             blend=options.blend,
@@ -209,7 +215,8 @@ class Wav2LipTalkingHead:
         return {
             "device": engine.device,
             "precision": engine.precision,
-            "quality_mode": self.quality_mode,
+            "preset": self.preset,
+            "quality_mode": self.preset,  # the preset's former name
             "model": self.options.model,
             "output_width": width,
             "output_height": height,
@@ -217,14 +224,14 @@ class Wav2LipTalkingHead:
             "openvino_version": ov.get_version(),
             "models": engine.model_status(),
             "avatar": str(self.avatar_image_path),
-            "avatar_preprocessed": self._prepared is not None,
+            "avatar_preprocessed": self._face is not None,
             "seconds_per_frame": self._seconds_per_frame,
         }
 
     def cleanup(self) -> None:
         """Release the compiled models and the prepared avatar. The object is unusable after."""
         self._engine = None
-        self._prepared = None
+        self._face = None
 
     def __enter__(self) -> Wav2LipTalkingHead:
         return self
@@ -234,11 +241,16 @@ class Wav2LipTalkingHead:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prepared_face(self) -> PreparedFace:
+    def _prepared_face(self) -> Face:
         """The avatar with its face detected (once)."""
-        if self._prepared is None:
-            self._prepared = self.engine.prepare_face(self._image, self.options)
-        return self._prepared
+        if self._face is None:
+            self._face = resolve_face(self._store, self.options, face=self._image_bytes)
+        return self._face
+
+    def _at(self, fps: float) -> Face:
+        """The face rendered at `fps` (InvalidFieldError when out of range)."""
+        face = self._prepared_face()
+        return Face(face.avatar, dataclasses.replace(face.options, fps=fps))
 
     def _render(
         self,
@@ -247,15 +259,14 @@ class Wav2LipTalkingHead:
         container: ContainerName,
         include_audio: bool,
     ) -> generation.GenerationResult:
-        options = dataclasses.replace(self.options, fps=fps)
-        prepared = self._prepared_face()
+        face = self._at(fps)
         start = time.perf_counter()
-        result = generation.generate(
+        result = produce(
+            generation.generate,
             self.engine,
-            prepared,
+            face,
             speech,
-            options,
-            EncodeOptions(container=container),
+            container,
             include_audio=include_audio,
         )
         self._seconds_per_frame = (time.perf_counter() - start) / max(1, result.video.num_frames)
@@ -266,3 +277,18 @@ class Wav2LipTalkingHead:
         if not path.is_file():
             raise FileNotFoundError(f"audio file not found: {path}")
         return generation.decode_speech(path.read_bytes(), self.settings)
+
+
+def _preset(preset: str, quality_mode: str | None) -> str:
+    """The preset, checked; `quality_mode` is its deprecated name (it wins when given)."""
+    field = "preset"
+    if quality_mode is not None:
+        warnings.warn(
+            "Wav2LipTalkingHead(quality_mode=...) is deprecated: use preset=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        preset, field = quality_mode, "quality_mode"
+    if preset not in PRESET_MODELS:
+        raise InvalidFieldError(field, f"must be one of {list(PRESET_MODELS)}, got {preset!r}")
+    return preset

@@ -46,7 +46,8 @@ def test_register_generate_by_id_and_restart(untrained_models, tmp_path, face_pn
     first = register(client, face_png)
     assert first.status_code == 201, first.get_json()
     meta = first.get_json()
-    assert AVATAR_ID_PATTERN.fullmatch(meta["avatar_id"]) and meta["created"] is True
+    assert AVATAR_ID_PATTERN.fullmatch(meta["avatar_id"]) and meta["registered_now"] is True
+    assert meta["created"] is True  # the flag's former name, still sent
     assert (meta["kind"], meta["width"], meta["height"], meta["num_frames"]) == (
         "image",
         256,
@@ -56,7 +57,7 @@ def test_register_generate_by_id_and_restart(untrained_models, tmp_path, face_pn
     assert len(meta["boxes"]) == 1 and len(meta["boxes"][0]) == 4
     again = register(client, face_png)
     assert again.status_code == 200 and again.get_json()["avatar_id"] == meta["avatar_id"]
-    assert again.get_json()["created"] is False
+    assert again.get_json()["registered_now"] is again.get_json()["created"] is False
 
     speech = b64(wav_bytes(0.8))
     by_id = client.post("/api/generate", json={"avatar_id": meta["avatar_id"], "audio": speech})
@@ -121,6 +122,35 @@ def test_malformed_ids_are_400(untrained_models, tmp_path, bad):
     assert_error(
         client.get("/api/avatars/..%2F..%2Fetc%2Fpasswd"), 404, "not_found"
     )  # routing refuses slashes
+
+
+@pytest.mark.parametrize(
+    ("route", "faces", "form"),
+    [
+        ("/api/avatars", ("image", "video"), False),
+        ("/api/avatars", ("image", "video"), True),
+        ("/api/generate", ("avatar_id", "image"), False),
+        ("/api/generate", ("avatar_id", "video"), True),
+    ],
+)
+def test_a_request_naming_two_faces_is_refused_naming_both(
+    untrained_models, tmp_path, face_png, route, faces, form
+):
+    """Ambiguous requests are a client's bug: 400 naming both fields, in JSON and forms,
+    rather than one face used silently."""
+    client = make_app(untrained_models, tmp_path).test_client()
+    media = {"image": face_png, "video": face_png, "audio": wav_bytes(0.4)}
+    fields = {name: media[name] for name in ("audio", *faces) if name in media}
+    if "avatar_id" in faces:  # refused before any lookup: no need to register it
+        fields["avatar_id"] = "0" * 32
+    if form:
+        body = {k: (io.BytesIO(v), k) if isinstance(v, bytes) else v for k, v in fields.items()}
+        response = client.post(route, data=body, content_type="multipart/form-data")
+    else:
+        body = {k: b64(v) if isinstance(v, bytes) else v for k, v in fields.items()}
+        response = client.post(route, json=body)
+    assert_error(response, 400, "invalid_field", faces[0])
+    assert faces[1] in response.get_json()["error"]["message"]
 
 
 def test_unknown_id_in_generate_is_404(untrained_models, tmp_path):

@@ -17,6 +17,7 @@ from helpers import ASSETS, FACE_BOX, ROOT, probe_video
 
 from lipsync import cli
 from lipsync.media.encode import encode_video
+from lipsync.serving import engine as serving_engine
 
 FACE = ASSETS / "face.jpg"
 BOX = ",".join(str(v) for v in FACE_BOX)
@@ -156,6 +157,30 @@ def test_an_unreadable_input_is_one_line_and_exit_1(capsys, monkeypatch, speech,
         capsys, monkeypatch, "generate", FACE, speech, "-o", tmp_path / "a.webm"
     )
     assert_one_line_error(status, stderr, 1, "cannot read", "Permission denied")
+
+
+@pytest.mark.slow
+def test_settings_reach_the_engine(capsys, monkeypatch, untrained_models, speech, tmp_path):
+    """LIPSYNC_BATCH_SIZE and LIPSYNC_INFERENCE_THREADS configure the CLI's engine as they
+    do the server's (the engine is built by the one serving function)."""
+    built = []
+
+    def build_and_keep(settings):
+        built.append(real_build(settings))
+        return built[-1]
+
+    real_build = serving_engine.build_engine
+    monkeypatch.setattr(serving_engine, "build_engine", build_and_keep)
+    monkeypatch.setenv("LIPSYNC_BATCH_SIZE", "3")
+    monkeypatch.setenv("LIPSYNC_INFERENCE_THREADS", "1")
+    out = tmp_path / "a.webm"
+    argv = (FACE, speech, "-o", out, "--box", BOX, "--models-dir", untrained_models, "-q")
+    status, stderr = run_in_process(capsys, monkeypatch, "generate", *argv)
+    assert status == 0, stderr
+    (engine,) = built
+    assert engine.batch_size == 3
+    assert engine.core.get_property("CPU", "INFERENCE_NUM_THREADS") == 1
+    assert probe_video(out.read_bytes())["num_frames"] == SPEECH_FRAMES
 
 
 def test_invalid_setting_is_one_line_and_exit_2(capsys, monkeypatch, speech, tmp_path):

@@ -220,9 +220,7 @@ def test_avatars_key_on_quality_and_reload_at_their_size(engine, face_image, tmp
     np.testing.assert_array_equal(reloaded.prepared.boxes, avatar.prepared.boxes)
 
 
-def test_talking_head_quality_mode_sets_model_and_output_size(
-    untrained_models, face_image, tmp_path
-):
+def test_talking_head_preset_sets_model_and_output_size(untrained_models, face_image, tmp_path):
     from lipsync.talking_head import Wav2LipTalkingHead
 
     path = tmp_path / "photo.jpg"
@@ -232,7 +230,7 @@ def test_talking_head_quality_mode_sets_model_and_output_size(
         ("high", "wav2lip_gan", (1440, 1080)),
     ]:
         head = Wav2LipTalkingHead(
-            path, quality_mode=mode, model_path=untrained_models, box=(300, 900, 600, 1200)
+            path, preset=mode, model_path=untrained_models, box=(300, 900, 600, 1200)
         )
         info = head.get_model_info()
         assert info["model"] == model and (info["output_width"], info["output_height"]) == size

@@ -275,6 +275,17 @@ def test_origin_and_api_key_are_checked_before_the_upgrade(server, avatar_id):
         ([b"\x00\x01"], 1003, "first message"),
         (["not json"], 1007, ""),
         ([{"type": "start", "avatar_id": "x", "fps": -1}], 1007, "fps"),
+        # Beyond the limits the HTTP API and rendering share (lipsync.limits), refused by
+        # the start's own validation, not later with another code.
+        ([{"type": "start", "avatar_id": "0" * 32, "fps": 0.001}], 1007, "start.fps"),
+        ([{"type": "start", "image": "AAAA", "silence_threshold_db": -110}], 1007, "threshold"),
+        # Two faces: ambiguous, refused naming both.
+        (
+            [{"type": "start", "avatar_id": "0" * 32, "image": "AAAA"}],
+            1007,
+            "avatar_id: given with image",
+        ),
+        ([{"type": "start", "image": "@@@"}], 1007, "image: is not valid base64"),
         (["START", {"type": "dance"}], 1003, "unknown message type"),
         (["START", b"\x00\x01\x02"], 1007, "whole number"),
         (["START", {"type": "audio", "data": "@@@"}], 1007, "base64"),

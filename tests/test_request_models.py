@@ -54,12 +54,31 @@ def refusal(schema=GenerateRequest, /, **fields) -> InvalidFieldError:
         ("model", "wav2lip_gan", "wav2lip_gan"),
         ("format", "mp4", "mp4"),
         ("response", "binary", "binary"),
-        ("avatar_id", "0" * 32, "0" * 32),
     ],
     ids=repr,
 )
 def test_accepted_forms(field, given, value):
     assert getattr(parsed(**{field: given}), field) == value
+
+
+def test_an_avatar_id_alone_names_the_face():
+    request = validate(GenerateRequest, {"audio": REQUIRED["audio"], "avatar_id": "0" * 32})
+    assert request.avatar_id == "0" * 32 and request.face is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields", "named"),
+    [
+        (GenerateRequest, {"avatar_id": "0" * 32}, ("avatar_id", "image")),
+        (GenerateRequest, {"video": REQUIRED["image"]}, ("image", "video")),
+        (RegisterAvatarRequest, {"video": REQUIRED["image"]}, ("image", "video")),
+    ],
+)
+def test_two_faces_are_refused_naming_both(schema, fields, named):
+    """A request naming two faces is ambiguous: 400 naming both, never one silently used."""
+    error = refusal(schema, **fields)
+    assert error.code is ErrorCode.INVALID_FIELD and error.field == named[0]
+    assert all(name in error.message for name in named), error.message
 
 
 @pytest.mark.parametrize(

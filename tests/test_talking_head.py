@@ -58,12 +58,12 @@ def test_estimate_before_any_generation_measures(untrained_models):
     assert head.get_model_info()["avatar_preprocessed"] is True
 
 
-def test_quality_modes_and_model_info(untrained_models, tmp_path):
+def test_presets_and_model_info(untrained_models, tmp_path):
     head = Wav2LipTalkingHead(
-        ASSETS / "face.jpg", quality_mode="high", model_path=untrained_models, box=FACE_BOX
+        ASSETS / "face.jpg", preset="high", model_path=untrained_models, box=FACE_BOX
     )
     info = head.get_model_info()
-    assert info["model"] == "wav2lip_gan" and info["quality_mode"] == "high"
+    assert info["model"] == "wav2lip_gan" and info["preset"] == info["quality_mode"] == "high"
     assert info["device"] == "CPU" and info["openvino_version"]
     assert (info["output_width"], info["output_height"]) == (512, 512)  # within 1920x1080
     head.generate(SPEECH, tmp_path / "gan.webm")
@@ -71,13 +71,39 @@ def test_quality_modes_and_model_info(untrained_models, tmp_path):
     assert not head.get_model_info()["models"]["wav2lip"]["compiled"]
 
 
+def test_quality_mode_is_the_deprecated_name_of_preset(untrained_models):
+    with pytest.warns(DeprecationWarning, match="preset"):
+        head = Wav2LipTalkingHead(
+            ASSETS / "face.jpg", quality_mode="high", model_path=untrained_models, box=FACE_BOX
+        )
+    assert (head.preset, head.options.model, head.options.quality) == (
+        "high",
+        "wav2lip_gan",
+        "high",
+    )
+    with pytest.warns(DeprecationWarning), pytest.raises(InvalidFieldError, match="quality_mode"):
+        Wav2LipTalkingHead(ASSETS / "face.jpg", quality_mode="ultra", model_path=untrained_models)
+
+
+def test_settings_reach_the_engine(untrained_models, monkeypatch):
+    """LIPSYNC_BATCH_SIZE and LIPSYNC_INFERENCE_THREADS configure the Python API's engine
+    as they do the server's."""
+    monkeypatch.setenv("LIPSYNC_BATCH_SIZE", "3")
+    monkeypatch.setenv("LIPSYNC_INFERENCE_THREADS", "1")
+    head = Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=untrained_models, box=FACE_BOX)
+    assert head.engine.batch_size == 3
+    assert head.engine.core.get_property("CPU", "INFERENCE_NUM_THREADS") == 1
+    frames = list(head.iter_frames(SPEECH))
+    assert len(frames) == SPEECH_FRAMES
+
+
 def test_errors(untrained_models, head, tmp_path):
     with pytest.raises(FileNotFoundError, match="avatar image"):
         Wav2LipTalkingHead(tmp_path / "missing.jpg", model_path=untrained_models)
     with pytest.raises(FileNotFoundError, match="models directory"):
         Wav2LipTalkingHead(ASSETS / "face.jpg", model_path=tmp_path / "nope")
-    with pytest.raises(ValueError, match="quality_mode"):
-        Wav2LipTalkingHead(ASSETS / "face.jpg", quality_mode="ultra", model_path=untrained_models)
+    with pytest.raises(ValueError, match="preset"):
+        Wav2LipTalkingHead(ASSETS / "face.jpg", preset="ultra", model_path=untrained_models)
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(ValueError):
         Wav2LipTalkingHead(tmp_path / "text.jpg", model_path=untrained_models)

@@ -11,8 +11,6 @@ text. A parser refuses with a `PydanticCustomError` whose type is the wire error
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import reprlib
@@ -24,11 +22,13 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, Wit
 from pydantic_core import PydanticCustomError
 
 from lipsync.avatars import AVATAR_ID_PATTERN
-from lipsync.errors import ErrorCode
+from lipsync.errors import ErrorCode, InvalidInputError
+from lipsync.limits import FACE_SIDES, MIN_PAD, Range
+from lipsync.serving.payloads import decode_base64
 
 AVATAR_ID_REGEX = AVATAR_ID_PATTERN.pattern
-INT_LIST_TEXT = r"^\s*\[?\s*-?\d+\s*(,\s*-?\d+\s*){3}\]?\s*$"
-NON_NEGATIVE_INT_LIST_TEXT = r"^\s*\[?\s*\d+\s*(,\s*\d+\s*){3}\]?\s*$"
+INT_LIST_TEXT = rf"^\s*\[?\s*-?\d+\s*(,\s*-?\d+\s*){{{FACE_SIDES - 1}}}\]?\s*$"
+NON_NEGATIVE_INT_LIST_TEXT = rf"^\s*\[?\s*\d+\s*(,\s*\d+\s*){{{FACE_SIDES - 1}}}\]?\s*$"
 # Padded base64 of at least one byte, optionally as a data: URL (the server also skips
 # whitespace inside it).
 _B64_TAIL = r"[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}="
@@ -89,7 +89,7 @@ def parse_int_list(value: Any) -> list[int] | None:
             value = json.loads(text) if text.startswith("[") else [int(v) for v in text.split(",")]
         except (ValueError, RecursionError):
             raise refuse("must be 4 integers", text) from None
-    if not isinstance(value, list) or len(value) != 4:
+    if not isinstance(value, list) or len(value) != FACE_SIDES:
         raise refuse("must be a list of 4 integers", value)
     if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
         raise refuse("must be a list of 4 integers", value)
@@ -119,15 +119,10 @@ def parse_media(value: Any) -> bytes | None:
         return value
     if not isinstance(value, str):
         raise refuse("must be a base64 string")
-    text = value.strip()
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or ";base64" not in header:
-            raise refuse("data URL must be base64-encoded", code=ErrorCode.INVALID_BASE64)
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise refuse("is not valid base64", code=ErrorCode.INVALID_BASE64) from None
+        data = decode_base64(value)
+    except InvalidInputError as exc:
+        raise refuse(exc.message, code=exc.code) from None
     if not data:
         raise refuse("is empty")
     return data
@@ -167,7 +162,7 @@ def in_range(value: float | None, minimum: float, maximum: float) -> float | Non
 
 
 def non_negative(values: list[int] | None) -> list[int] | None:
-    if values is not None and any(v < 0 for v in values):
+    if values is not None and any(v < MIN_PAD for v in values):
         raise refuse("must be 4 non-negative integers", values)
     return values
 
@@ -175,14 +170,14 @@ def non_negative(values: list[int] | None) -> list[int] | None:
 def _ranged(
     parse: Callable[[Any], float | int | None],
     json_type: str,
-    bounds: tuple[float, float],
+    limit: Range,
     description: str,
     default: float,
     form: dict[str, Any],
 ) -> tuple[Any, ...]:
-    """A numeric field read by `parse`, within `bounds` (inclusive), documented as
-    `json_type` in JSON and by the `form` schema in forms."""
-    minimum, maximum = bounds
+    """A numeric field read by `parse`, within `limit`, documented as `json_type` in JSON
+    and by the `form` schema in forms."""
+    minimum, maximum = limit.minimum, limit.maximum
     return (
         BeforeValidator(parse),
         AfterValidator(lambda value: in_range(value, minimum, maximum)),
@@ -199,15 +194,15 @@ def _ranged(
     )
 
 
-def number(minimum: float, maximum: float, description: str, default: float) -> tuple[Any, ...]:
-    """A number field (`float | None`) within [minimum, maximum]."""
-    sign = "[+-]" if minimum < 0 else "[+]"
+def number(limit: Range, description: str, default: float) -> tuple[Any, ...]:
+    """A number field (`float | None`) within `limit`."""
+    sign = "[+-]" if limit.minimum < 0 else "[+]"
     form = {
         "type": "string",
         "pattern": rf"^\s*{sign}?\d+(\.\d+)?\s*$",
-        "description": f"a number {minimum:g}..{maximum:g}",
+        "description": f"a number {limit.text}",
     }
-    return _ranged(parse_number, "number", (minimum, maximum), description, default, form)
+    return _ranged(parse_number, "number", limit, description, default, form)
 
 
 def parse_integer(value: Any) -> int | None:
@@ -220,15 +215,15 @@ def parse_integer(value: Any) -> int | None:
     return int(number)
 
 
-def integer(minimum: int, maximum: int, description: str, default: int) -> tuple[Any, ...]:
-    """An integer field (`int | None`) within [minimum, maximum]."""
+def integer(limit: Range, description: str, default: int) -> tuple[Any, ...]:
+    """An integer field (`int | None`) within `limit`."""
     form = {"type": "string", "pattern": r"^\s*[+]?\d+\s*$"}
-    return _ranged(parse_integer, "integer", (minimum, maximum), description, default, form)
+    return _ranged(parse_integer, "integer", limit, description, default, form)
 
 
 def int_list(description: str, *, unsigned: bool, default: Any) -> tuple[Any, ...]:
     """A field of four integers (`list[int] | None`), non-negative when `unsigned`."""
-    item: dict[str, Any] = {"type": "integer", **({"minimum": 0} if unsigned else {})}
+    item: dict[str, Any] = {"type": "integer", **({"minimum": MIN_PAD} if unsigned else {})}
     form = (
         {"pattern": NON_NEGATIVE_INT_LIST_TEXT, "description": "`0,10,0,0` or a JSON list"}
         if unsigned
@@ -244,8 +239,8 @@ def int_list(description: str, *, unsigned: bool, default: Any) -> tuple[Any, ..
             {
                 "type": ["array", "null"],
                 "items": item,
-                "minItems": 4,
-                "maxItems": 4,
+                "minItems": FACE_SIDES,
+                "maxItems": FACE_SIDES,
                 "description": description,
             }
         ),
@@ -264,18 +259,16 @@ def flag(description: str, default: bool) -> tuple[Any, ...]:
     )
 
 
-def choice(choices: tuple[str, ...], description: str, default: str) -> tuple[Any, ...]:
-    """One of `choices` (`str | None`)."""
+def choice(
+    choices: tuple[str, ...], description: str, default: str | None = None
+) -> tuple[Any, ...]:
+    """One of `choices` (`str | None`). Without `default`, the default is the server's (a
+    setting: `lipsync.serving.options.SERVER_DEFAULTS`, filled into the document)."""
+    schema = {"type": ["string", "null"], "enum": [*choices, None], "description": description}
     return (
         PlainValidator(lambda value: parse_choice(value, choices)),
-        WithJsonSchema(
-            {
-                "type": ["string", "null"],
-                "enum": [*choices, None],
-                "description": description,
-            }
-        ),
-        Field(json_schema_extra={"default": default}),
+        WithJsonSchema(schema),
+        *(() if default is None else (Field(json_schema_extra={"default": default}),)),
         Form({"type": "string", "enum": list(choices)}),
     )
 

@@ -2,8 +2,9 @@
 
 flask-openapi3 collects the operations from the routes (lipsync/server/routes/: paths,
 summaries, tags, path parameters, responses). `finish()` adds what the routes share: the
-schemas of the request and response models (lipsync/server/schemas.py, their JSON Schema
-from pydantic), the request bodies (JSON, multipart and urlencoded, from the same model),
+schemas of the request and response models (lipsync/server/schemas.py, responses.py; their
+JSON Schema from pydantic), the defaults that are settings, the request bodies (JSON,
+multipart and urlencoded, from the same model),
 one error response per status listing the `ErrorCode`s of that status, the request-id
 header and parameter, security, and the limits of the running server's `Settings`.
 """
@@ -19,8 +20,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from lipsync.errors import ErrorCode
-from lipsync.server import schemas
+from lipsync.server import responses, schemas
 from lipsync.server.fields import BASE64_PATTERN, Form
+from lipsync.serving.options import server_defaults
 from lipsync.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -133,7 +135,7 @@ class _Untitled(GenerateJsonSchema):
 def model_schemas() -> dict[str, Any]:
     """Component schemas of every request and response model (nested ones included)."""
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (m, "validation") for m in (*schemas.REQUEST_MODELS, *schemas.RESPONSE_MODELS)
+        (m, "validation") for m in (*schemas.REQUEST_MODELS, *responses.RESPONSE_MODELS)
     ]
     _, top = models_json_schema(
         models, ref_template=REF.format(kind="schemas", name="{model}"), schema_generator=_Untitled
@@ -250,16 +252,16 @@ def headers() -> dict[str, Any]:
 
 def video_headers() -> dict[str, Any]:
     """The binary answer's X-* headers: one per `VideoMeta` field, then the stream's own."""
-    properties = schemas.VideoMeta.model_json_schema()["properties"]
+    properties = responses.VideoMeta.model_json_schema()["properties"]
     out = {}
     for field, schema in properties.items():
         kind = schema.get("type") if schema.get("type") in ("integer", "number") else "string"
-        out[schemas.header_name(field)] = {
+        out[responses.header_name(field)] = {
             "description": f"Binary responses only: {schema['description']}.",
             "required": False,
             "schema": {"type": kind},
         }
-    for name, meaning in schemas.STREAM_HEADERS.items():
+    for name, meaning in responses.STREAM_ONLY_HEADERS.items():
         out[name] = {
             "description": f"Streamed responses only: {meaning}.",
             "required": False,
@@ -335,15 +337,10 @@ def finish(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
             if method in methods:
                 finish_operation(op, settings)
     doc["components"] = components()
-    schemas_ = doc["components"]["schemas"]
-    server_defaults = {
-        "format": settings.default_format,
-        "quality": settings.default_quality,
-        "blend": settings.default_blend,
-    }
-    for name in ("GenerateRequest", "RegisterAvatarRequest"):
-        for field, default in server_defaults.items():
-            schemas_[name]["properties"][field]["default"] = default
+    for model in schemas.REQUEST_MODELS:  # the defaults that are this server's settings
+        properties = doc["components"]["schemas"][model.__name__]["properties"]
+        for field, default in server_defaults(settings).items():
+            properties[field]["default"] = default
     doc["info"] = {
         "title": TITLE,
         "version": API_VERSION,

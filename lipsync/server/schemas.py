@@ -7,29 +7,15 @@ request field is one line in a request model (plus its handling in the route).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonValue
-from pydantic.json_schema import SkipJsonSchema
 
 from lipsync.errors import ErrorCode
-from lipsync.options import (
-    BLEND_MODES,
-    DEFAULT_PADS,
-    DEFAULT_SILENCE_FADE_FRAMES,
-    DEFAULT_SILENCE_THRESHOLD_DB,
-    GENERATOR_NAMES,
-    MAX_FPS,
-    MAX_SILENCE_FADE_FRAMES,
-    MAX_SILENCE_THRESHOLD_DB,
-    MIN_SILENCE_THRESHOLD_DB,
-    QUALITY_MODES,
-    RenderOptions,
-)
+from lipsync.limits import AUDIO_SAMPLE_RATE_HZ, FPS, SILENCE_FADE_FRAMES, SILENCE_THRESHOLD_DB
+from lipsync.options import BLEND_MODES, GENERATOR_NAMES, QUALITY_MODES, RenderOptions
 from lipsync.server.fields import (
-    AVATAR_ID_REGEX,
     AvatarId,
     PathAvatarId,
     choice,
@@ -40,9 +26,10 @@ from lipsync.server.fields import (
     number,
 )
 from lipsync.server.fields import refuse as _refuse
+from lipsync.serving.faces import ambiguity
+from lipsync.serving.options import LIBRARY_DEFAULTS, render_options
 from lipsync.settings import FORMATS, Settings
 
-MAX_FPS_DOC = int(MAX_FPS) if float(MAX_FPS).is_integer() else MAX_FPS
 ONE_FACE: list[JsonValue] = [{"required": ["image"]}, {"required": ["video"]}]
 
 
@@ -60,7 +47,7 @@ class FaceOptions(BaseModel):
         *int_list(
             "[top, bottom, left, right] extra pixels around the detected face",
             unsigned=True,
-            default=list(DEFAULT_PADS),
+            default=list(LIBRARY_DEFAULTS.pads),
         ),
     ] = None
     box: Annotated[
@@ -73,7 +60,8 @@ class FaceOptions(BaseModel):
         ),
     ] = None
     smooth: Annotated[
-        bool | None, *flag("average face boxes over 5 frames (videos)", default=True)
+        bool | None,
+        *flag("average face boxes over 5 frames (videos)", default=LIBRARY_DEFAULTS.smooth),
     ] = None
     quality: Annotated[
         str | None,
@@ -83,7 +71,6 @@ class FaceOptions(BaseModel):
             "1920×1080, `original` keeps the input's size; never enlarged, aspect ratio kept, even "
             "sizes. Applied once per avatar, before face detection (default: the server's "
             "LIPSYNC_DEFAULT_QUALITY). With `avatar_id` it must match the avatar's.",
-            default=QUALITY_MODES[0],
         ),
     ] = None
 
@@ -94,11 +81,10 @@ class RenderFields(BaseModel):
     fps: Annotated[
         float | None,
         *number(
-            1,
-            MAX_FPS_DOC,
-            f"output frame rate for an image (1..{MAX_FPS_DOC}); a video (or video avatar) "
-            "keeps its own rate",
-            default=25,
+            FPS,
+            f"output frame rate for an image ({FPS.text}); a video (or video avatar) keeps "
+            "its own rate",
+            default=LIBRARY_DEFAULTS.fps,
         ),
     ] = None
     format: Annotated[
@@ -106,12 +92,12 @@ class RenderFields(BaseModel):
         *choice(
             FORMATS,
             "WebM = VP9 + Opus; MP4 = H.264 + AAC (faststart). Without it, a video `Accept` "
-            "header chooses the container.",
-            default=FORMATS[0],
+            "header chooses the container (default: LIPSYNC_DEFAULT_FORMAT).",
         ),
     ] = None
     model: Annotated[
-        str | None, *choice(GENERATOR_NAMES, "generator weights", default=GENERATOR_NAMES[0])
+        str | None,
+        *choice(GENERATOR_NAMES, "generator weights", default=LIBRARY_DEFAULTS.model),
     ] = None
     blend: Annotated[
         str | None,
@@ -121,7 +107,6 @@ class RenderFields(BaseModel):
             "pixels, through a feathered mask colour-matched to the skin around it; everything "
             "else keeps the original pixels. `none`: the whole face box is replaced, as the "
             "reference Wav2Lip does (for parity checks). Default: LIPSYNC_DEFAULT_BLEND.",
-            default=BLEND_MODES[0],
         ),
     ] = None
     silence_gate: Annotated[
@@ -129,56 +114,38 @@ class RenderFields(BaseModel):
         *flag(
             "frames whose 0.2 s audio window peaks below `silence_threshold_db` show the avatar's "
             "own frame without inference; switches cross-fade over `silence_fade_frames` frames",
-            default=False,
+            default=LIBRARY_DEFAULTS.silence_gate,
         ),
     ] = None
     silence_threshold_db: Annotated[
         float | None,
         *number(
-            MIN_SILENCE_THRESHOLD_DB,
-            MAX_SILENCE_THRESHOLD_DB,
-            "dB on Wav2Lip's mel scale (-100 = digital silence; speech peaks around -25..-45)",
-            default=DEFAULT_SILENCE_THRESHOLD_DB,
+            SILENCE_THRESHOLD_DB,
+            f"dB on Wav2Lip's mel scale ({SILENCE_THRESHOLD_DB.minimum:g} = digital silence; "
+            "speech peaks around -25..-45)",
+            default=LIBRARY_DEFAULTS.silence_threshold_db,
         ),
     ] = None
     silence_fade_frames: Annotated[
         int | None,
         *integer(
-            0,
-            MAX_SILENCE_FADE_FRAMES,
+            SILENCE_FADE_FRAMES,
             "frames over which generated and original frames cross-fade",
-            default=DEFAULT_SILENCE_FADE_FRAMES,
+            default=LIBRARY_DEFAULTS.silence_fade_frames,
         ),
     ] = None
 
     def render_options(self, settings: Settings) -> RenderOptions:
-        """The library's options: the given fields, the server's defaults, the rest default."""
-        given = {
-            name: getattr(self, name)
-            for name in RENDER_OPTION_NAMES
-            if getattr(self, name, None) is not None
-        }
-        for name in ("pads", "box"):
-            if name in given:
-                given[name] = tuple(given[name])
-        server_defaults = {
-            "quality": settings.default_quality,
-            "blend": settings.default_blend,
-            "fill_missing_faces": settings.fill_missing_faces,
-        }
-        return RenderOptions(**{**server_defaults, **given})
-
-
-# Request fields that are RenderOptions fields of the same name.
-RENDER_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(RenderOptions))
+        """The library's options: the given fields over the server's defaults."""
+        return render_options(settings, **dict(self))
 
 
 FACE_DOC = "JPEG/PNG/WebP/BMP/GIF face image, or an MP4/WebM/MOV face video."
 
 
 class RegisterAvatarRequest(RenderFields, FaceOptions):
-    """An image or a short face video, and the face options. The render options (`fps`,
-    `format`, `model`) are validated but not stored."""
+    """An image or a short face video (not both: 400 naming both), and the face options.
+    The render options (`fps`, `format`, `model`) are validated but not stored."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": ONE_FACE})
 
@@ -191,19 +158,24 @@ class RegisterAvatarRequest(RenderFields, FaceOptions):
     def face(self) -> bytes | None:
         return self.image or self.video
 
+    def _faces(self) -> dict[str, object]:
+        """The faces the request names ({field: value or None}): it must name one."""
+        return {"image": self.image, "video": self.video}
+
     @model_validator(mode="after")
-    def _needs_a_face(self) -> RegisterAvatarRequest:
-        if self.face is None and not self._face_optional():
+    def _one_face(self) -> RegisterAvatarRequest:
+        named = self._faces()
+        reason = ambiguity(named)
+        if reason is not None:
+            raise _refuse(reason)
+        if all(value is None for value in named.values()):
             raise _missing("image", "base64 image/video, a file upload, or avatar_id")
         return self
 
-    def _face_optional(self) -> bool:
-        return False
-
 
 class GenerateRequest(RegisterAvatarRequest):
-    """Only `audio` and one of `image` / `video` / `avatar_id` are required; unknown fields
-    are ignored."""
+    """Only `audio` and one of `image` / `video` / `avatar_id` are required (two of them:
+    400 naming both); unknown fields are ignored."""
 
     model_config = ConfigDict(
         extra="ignore",
@@ -217,7 +189,8 @@ class GenerateRequest(RegisterAvatarRequest):
         bytes | None,
         *media(
             "Speech: WAV of any layout (8/16/24/32-bit int, float; mono or multi-channel; "
-            "8..192 kHz), MP3, OGG, FLAC, WebM/Opus, M4A.",
+            f"{AUDIO_SAMPLE_RATE_HZ.minimum / 1000:g}..{AUDIO_SAMPLE_RATE_HZ.maximum / 1000:g} "
+            "kHz), MP3, OGG, FLAC, WebM/Opus, M4A.",
             nullable=False,
         ),
     ] = None
@@ -242,8 +215,8 @@ class GenerateRequest(RegisterAvatarRequest):
         ),
     ] = None
 
-    def _face_optional(self) -> bool:
-        return self.avatar_id is not None
+    def _faces(self) -> dict[str, object]:
+        return {"avatar_id": self.avatar_id, **super()._faces()}
 
     @model_validator(mode="after")
     def _needs_audio(self) -> GenerateRequest:
@@ -258,177 +231,4 @@ class AvatarPath(BaseModel):
     )
 
 
-# -- responses -----------------------------------------------------------------------------
-
-# A response field that may be left out (`field: str | Absent = None`): absent from the
-# answer, never null, so the schema does not offer null (openapi drops its null default).
-Absent = SkipJsonSchema[None]
-
-
-ERROR_CODE_SCHEMA = {
-    "type": "string",
-    "enum": sorted(member.code for member in ErrorCode),
-    "description": "Stable, machine-readable reason: "
-    + "; ".join(f"`{m.code}` ({m.status}): {m.description}" for m in ErrorCode)
-    + ". `client_disconnected` (499) is only logged: the client has gone.",
-}
-
-
-class ErrorDetail(BaseModel):
-    code: Annotated[str, WithJsonSchema(ERROR_CODE_SCHEMA)]
-    message: str = Field(min_length=1)
-    field: str | Absent = Field(
-        default=None, description="the request field at fault, when there is one"
-    )
-
-
-class Error(BaseModel):
-    success: Literal[False]
-    error: ErrorDetail
-
-
-class VideoMeta(BaseModel):
-    """A video's metadata: in the JSON answer, and as `X-<Field-Name>` headers of a binary or
-    streamed one (`X-Timings-Ms` as JSON text, and only when the whole file was made)."""
-
-    mime_type: Literal["video/webm", "video/mp4"] = Field(description="the container")
-    num_frames: int = Field(ge=1, description="ceil(speech seconds × fps)")
-    duration: float = Field(ge=0, description="seconds")
-    fps: float = Field(ge=1, le=MAX_FPS_DOC, description="frame rate")
-    width: int = Field(ge=1, description="encoded width (even)")
-    height: int = Field(ge=1, description="encoded height (even)")
-    avatar_id: str = Field(
-        pattern=AVATAR_ID_REGEX, description="the avatar the video was made from"
-    )
-    silent_frames: int = Field(
-        ge=0, description="frames the silence gate showed as the avatar's own (no inference)"
-    )
-    timings_ms: dict[str, float] = Field(
-        description="milliseconds per stage (decode_face, resize, detect, mel, gate, infer, "
-        "paste, encode; absent stages were skipped, e.g. detect for a known avatar)"
-    )
-
-
-def header_name(field: str) -> str:
-    """The header carrying a `VideoMeta` field: "num_frames" -> "X-Num-Frames"."""
-    return "X-" + field.title().replace("_", "-")
-
-
-# Sent with a streamed reply only: what a browser MediaSource needs besides the MIME type.
-STREAM_HEADERS = {"X-Codecs": "the codecs, e.g. `vp9,opus` or `avc1.64001f,mp4a.40.2`"}
-VIDEO_HEADER_NAMES = (*(header_name(f) for f in VideoMeta.model_fields), *STREAM_HEADERS)
-
-
-class GenerateResult(VideoMeta):
-    success: Literal[True]
-    video: str = Field(
-        description="base64 of the whole video file (`mime_type` says which)",
-        json_schema_extra={"contentEncoding": "base64"},
-    )
-
-
-Box = list[int]
-
-
-class Avatar(BaseModel):
-    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
-    kind: Literal["image", "video"]
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
-    num_frames: int = Field(ge=1)
-    fps: float | None = Field(description="the clip's frame rate; null for an image")
-    boxes: list[Box] = Field(description="the face box [top, bottom, left, right] per frame")
-    pads: Box = Field(min_length=4, max_length=4)
-    box: Box | None = Field(min_length=4, max_length=4)
-    smooth: bool
-    quality: Literal[QUALITY_MODES] = Field(  # type: ignore[valid-type]
-        description="the output size mode its frames were fitted to"
-    )
-    created_at: float = Field(description="Unix time of registration")
-
-
-class RegisteredAvatar(Avatar):
-    created: bool = Field(
-        description="true when this request registered the avatar (201), false when it was "
-        "already known (200)"
-    )
-
-
-class AvatarList(BaseModel):
-    avatars: list[Avatar]
-
-
-class Deleted(BaseModel):
-    success: Literal[True]
-    avatar_id: str = Field(pattern=AVATAR_ID_REGEX)
-    deleted: Literal[True]
-
-
-class ModelState(BaseModel):
-    present: bool
-    compiled: bool
-
-
-class Capabilities(BaseModel):
-    formats: list[str] | Absent = None
-    models: list[str] | Absent = None
-    max_audio_seconds: float | Absent = None
-    max_body_mb: float | Absent = None
-
-
-class HealthError(BaseModel):
-    """When degraded: what is missing and the command that fixes it."""
-
-    code: Literal["models_missing"]  # ErrorCode.MODELS_MISSING.code
-    message: str
-    fix: str | Absent = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    openvino_version: str | Absent = None
-    device: str | Absent = None
-    precision: str | Absent = None
-    models: dict[str, ModelState] | Absent = None
-    capabilities: Capabilities | Absent = None
-    error: HealthError | Absent = None
-
-
-class Liveness(BaseModel):
-    status: Literal["alive"]
-
-
-class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
-    reasons: list[str] | Absent = Field(
-        default=None, description="why the worker cannot take generations (when not_ready)"
-    )
-
-
-class Index(BaseModel):
-    service: str
-    endpoints: dict[str, str] | Absent = None
-
-
-class OpenAPIDocument(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    openapi: str
-    info: dict[str, Any]
-    paths: dict[str, Any]
-
-
-RESPONSE_MODELS = (
-    Error,
-    GenerateResult,
-    Avatar,
-    RegisteredAvatar,
-    AvatarList,
-    Deleted,
-    Health,
-    Liveness,
-    Readiness,
-    Index,
-    OpenAPIDocument,
-)
 REQUEST_MODELS = (GenerateRequest, RegisterAvatarRequest)

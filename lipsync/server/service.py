@@ -12,14 +12,14 @@ import time
 
 from flask import Response, current_app, g, request
 
-from lipsync import generation
-from lipsync.avatars import AvatarStore, open_store
+from lipsync.avatars import AvatarStore
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.errors import ErrorCode, UnauthorizedError
 from lipsync.server import observability as obs
 from lipsync.server.admission import AdmissionController
 from lipsync.server.realtime.protocol import KEY_SUBPROTOCOL_PREFIX
-from lipsync.server.schemas import VIDEO_HEADER_NAMES
+from lipsync.server.responses import VIDEO_HEADER_NAMES
+from lipsync.serving.engine import build_engine, build_store
 from lipsync.settings import Settings
 from lipsync.util import native_rlock
 
@@ -50,14 +50,8 @@ class Service:
     def store(self) -> AvatarStore:
         with self._lock:
             if self._store is None:
-                s = self.settings
-                self._store = open_store(
-                    s,
-                    decode=lambda data: generation.decode_face(data, s),
-                    prepare=lambda frames, options, timings: self.engine.prepare_face(
-                        frames, options, timings=timings
-                    ),
-                    observe=obs.observe_avatar_temporaries,
+                self._store = build_store(
+                    self.settings, lambda: self.engine, observe=obs.observe_avatar_temporaries
                 )
             return self._store
 
@@ -65,15 +59,7 @@ class Service:
     def engine(self) -> Wav2LipInferenceEngine:
         with self._lock:
             if self._engine is None:
-                s = self.settings
-                self._engine = Wav2LipInferenceEngine(
-                    s.models_dir,
-                    s.device,
-                    s.precision,
-                    cache_dir=s.cache_dir,
-                    batch_size=s.batch_size,
-                    inference_threads=s.inference_threads,
-                )
+                self._engine = build_engine(self.settings)
             return self._engine
 
 

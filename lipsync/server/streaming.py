@@ -21,22 +21,23 @@ from collections.abc import Callable, Generator, Iterator
 
 from flask import Response, g
 
-from lipsync.avatars import Avatar
 from lipsync.generation import GenerationStream
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
 from lipsync.server.offload import ThreadedStream, run_in_thread
-from lipsync.server.schemas import header_name
+from lipsync.server.responses import meta_headers
 from lipsync.server.service import Service
+from lipsync.serving.faces import Face
+from lipsync.serving.producing import video_meta
 
 logger = logging.getLogger(__name__)
 
-# Headers of a streamed reply besides the video metadata (no Content-Length: chunked).
-STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# Caching and proxy headers of a streamed reply (no Content-Length: chunked).
+UNBUFFERED_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 # Outcomes counted in lipsync_streams_total.
 COMPLETED, CLIENT_GONE, FAILED = "completed", "client_gone", "failed"
 
-OpenStream = Callable[[], tuple[Avatar, GenerationStream]]
+OpenStream = Callable[[], tuple[Face, GenerationStream]]
 
 
 def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) -> Response:
@@ -48,7 +49,7 @@ def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) ->
     slot.enter_context(svc.admission.slot())
     try:
         deadline.check()
-        avatar, stream = run_in_thread(open_stream, watch=deadline)
+        face, stream = run_in_thread(open_stream, watch=deadline)
     except BaseException:
         slot.close()
         raise
@@ -65,24 +66,14 @@ def streamed_reply(svc: Service, open_stream: OpenStream, deadline: Deadline) ->
     except BaseException:
         rest.close()
         raise
-    body = StreamBody(first, rest, chunks, stream, g.get("request_id", ""), avatar.avatar_id)
-    headers = {**stream_metadata(stream, avatar.avatar_id), **STREAM_HEADERS}
-    return Response(body, mimetype=stream.mime_type, headers=headers, direct_passthrough=True)
-
-
-def stream_metadata(stream: GenerationStream, avatar_id: str) -> dict[str, str]:
-    """What is known before the first frame, as the binary answer's X-* headers."""
-    known = {
-        "mime_type": stream.mime_type,
-        "num_frames": stream.num_frames,
-        "duration": round(stream.duration, 3),
-        "fps": stream.fps,
-        "width": stream.width,
-        "height": stream.height,
-        "avatar_id": avatar_id,
-        "silent_frames": stream.silent_frames,
+    avatar_id = face.avatar.avatar_id
+    body = StreamBody(first, rest, chunks, stream, g.get("request_id", ""), avatar_id)
+    headers = {
+        "X-Codecs": stream.codecs,
+        **meta_headers(video_meta(stream, avatar_id)),
+        **UNBUFFERED_HEADERS,
     }
-    return {"X-Codecs": stream.codecs, **{header_name(k): str(v) for k, v in known.items()}}
+    return Response(body, mimetype=stream.mime_type, headers=headers, direct_passthrough=True)
 
 
 class StreamBody:

@@ -16,9 +16,18 @@ import struct
 import zlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from lipsync.options import DEFAULT_SILENCE_THRESHOLD_DB, GENERATOR_NAMES
+from lipsync.limits import (
+    AUDIO_CHANNELS,
+    AUDIO_SAMPLE_RATE_HZ,
+    FPS,
+    JPEG_QUALITY,
+    SILENCE_THRESHOLD_DB,
+)
+from lipsync.options import GENERATOR_NAMES
+from lipsync.serving.faces import ambiguity
+from lipsync.serving.options import LIBRARY_DEFAULTS
 
 # Binary frame: little-endian magic, message type, reserved byte and u16, frame index,
 # presentation time (ms from the utterance's start), payload length, CRC-32 of the payload.
@@ -60,9 +69,19 @@ class _Message(BaseModel):
 
 
 class AudioFormat(_Message):
-    sample_rate: int = Field(default=16000, ge=8000, le=192000)
+    sample_rate: int = Field(
+        default=16000,
+        ge=AUDIO_SAMPLE_RATE_HZ.minimum,
+        le=AUDIO_SAMPLE_RATE_HZ.maximum,
+        description="Hz; the server's LIPSYNC_MIN/MAX_AUDIO_SAMPLE_RATE may narrow the range",
+    )
     encoding: Encoding = "pcm_s16le"
-    channels: int = Field(default=1, ge=1, le=8, description="interleaved; averaged to mono")
+    channels: int = Field(
+        default=1,
+        ge=AUDIO_CHANNELS.minimum,
+        le=AUDIO_CHANNELS.maximum,
+        description="interleaved; averaged to mono",
+    )
 
 
 class Output(_Message):
@@ -71,35 +90,61 @@ class Output(_Message):
         description="jpeg: a message per frame; webm: one live WebM stream (VP9 + Opus, the "
         "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`)",
     )
-    quality: int = Field(default=85, ge=1, le=100, description="JPEG quality")
+    quality: int = Field(
+        default=85, ge=JPEG_QUALITY.minimum, le=JPEG_QUALITY.maximum, description="JPEG quality"
+    )
 
 
 class Start(_Message):
     """Opens the session: the face, the audio's format, the frames wanted."""
 
     type: Literal["start"]
-    avatar_id: str | None = Field(None, description="a registered avatar (POST /api/avatars)")
-    image: str | None = Field(None, description="base64 face image, when no avatar_id")
+    avatar_id: str | None = Field(
+        None, description="a registered avatar (POST /api/avatars); not with `image`"
+    )
+    image: str | None = Field(
+        None, description="base64 face image or video, when no avatar_id (not both: 1007)"
+    )
     box: tuple[int, int, int, int] | None = Field(
         None, description="face box (top, bottom, left, right) for `image`"
     )
     audio: AudioFormat = AudioFormat()
-    fps: float = Field(25.0, gt=0, le=60)
-    model: Model = "wav2lip"  # type: ignore[assignment]
+    fps: float = Field(
+        LIBRARY_DEFAULTS.fps,
+        ge=FPS.minimum,
+        le=FPS.maximum,
+        description="frame rate for an image (a video avatar keeps its own)",
+    )
+    model: Model = LIBRARY_DEFAULTS.model
     output: Output = Output()
     protocol: Literal["binary", "json"] = "binary"
     silence_gate: bool = Field(
-        default=False,
+        default=LIBRARY_DEFAULTS.silence_gate,
         description="frames whose 0.2 s audio window is silent are the avatar's own, "
         "without inference (a hard switch: no cross-fade live)",
     )
-    silence_threshold_db: float = Field(default=DEFAULT_SILENCE_THRESHOLD_DB, ge=-120, le=0)
+    silence_threshold_db: float = Field(
+        default=LIBRARY_DEFAULTS.silence_threshold_db,
+        ge=SILENCE_THRESHOLD_DB.minimum,
+        le=SILENCE_THRESHOLD_DB.maximum,
+        description="dB on Wav2Lip's mel scale (-100 = digital silence)",
+    )
     idle: bool = Field(
         default=False,
         description="idle mode: while no speech frame is being made, the avatar's own frames "
         "at fps (binary type 2, JSON frame with idle=true); a video avatar loops forward and "
         "backward, speech continuing where the loop is",
     )
+
+    @model_validator(mode="after")
+    def _one_face(self) -> Start:
+        """One face: avatar_id or image."""
+        reason = ambiguity({"avatar_id": self.avatar_id, "image": self.image})
+        if reason is not None:
+            raise ValueError(reason)
+        if self.avatar_id is None and self.image is None:
+            raise ValueError("start needs avatar_id or image")
+        return self
 
 
 class Audio(_Message):

@@ -9,9 +9,6 @@ it: the `start` message, then the session (lipsync/server/realtime/session.py).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +20,9 @@ from flask import current_app, jsonify, request
 from flask_openapi3 import APIBlueprint, OpenAPI
 from flask_sock import Sock
 
-from lipsync.errors import ForbiddenOriginError, LipSyncError
+from lipsync.errors import ForbiddenOriginError, InvalidInputError, LipSyncError
+from lipsync.faces import PreparedFace
+from lipsync.generation import check_sample_rate
 from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import OverloadedError
@@ -33,8 +32,10 @@ from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.batcher import FrameBatcher
 from lipsync.server.realtime.outputs import JpegOutput, WebmOutput, make_output
 from lipsync.server.realtime.session import Session, SessionClosed, SessionFace, parse_text
-from lipsync.server.routes.avatars import not_found
 from lipsync.server.service import Service, service
+from lipsync.serving.faces import resolve_face
+from lipsync.serving.options import render_options
+from lipsync.serving.payloads import decode_base64
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +188,10 @@ def _open(ws, svc: Service) -> Session:
     if not isinstance(start, p.Start):
         raise SessionClosed(p.CLOSE_UNSUPPORTED_DATA, "the first message must be a JSON start")
     settings = svc.settings
-    rate = start.audio.sample_rate
-    if not settings.min_audio_sample_rate <= rate <= settings.max_audio_sample_rate:
-        raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, f"audio.sample_rate {rate} is not accepted")
+    try:
+        check_sample_rate(start.audio.sample_rate, settings, field="audio.sample_rate")
+    except LipSyncError as exc:
+        raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, exc.message[:120]) from None
     batcher: FrameBatcher = current_app.extensions[BATCHER]
     try:
         face, output = run_in_thread(_ready, svc, start, batcher)
@@ -210,30 +212,15 @@ def _ready(
     return face, make_output(start, options.fps, width, height)
 
 
-def _face(svc: Service, start: p.Start):
+def _face(svc: Service, start: p.Start) -> tuple[PreparedFace, RenderOptions]:
     """(prepared face, render options) of the start's avatar or image (native thread)."""
-    settings = svc.settings
-    options = RenderOptions(
-        box=start.box,
-        fps=start.fps,
-        model=start.model,
-        quality=settings.default_quality,
-        blend=settings.default_blend,
-        silence_gate=start.silence_gate,
-        silence_threshold_db=start.silence_threshold_db,
-    )
-    if start.avatar_id is not None:
-        avatar = svc.store.get(start.avatar_id)
-        if avatar is None:
-            raise not_found(start.avatar_id)
-    elif start.image is not None:
+    given = {"box", "fps", "model", "silence_gate", "silence_threshold_db"}
+    options = render_options(svc.settings, **start.model_dump(include=given))
+    image = None
+    if start.image is not None:
         try:
-            data = base64.b64decode(start.image, validate=True)
-        except binascii.Error:
-            raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, "image is not base64") from None
-        avatar, _ = svc.store.get_or_create(data, options, persist=False)
-    else:
-        raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, "start needs avatar_id or image")
-    if avatar.fps is not None:
-        options = dataclasses.replace(options, fps=avatar.fps)
-    return avatar.prepared, dataclasses.replace(options, quality=avatar.quality)
+            image = decode_base64(start.image)
+        except InvalidInputError as exc:
+            raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, f"image: {exc.message}") from None
+    face = resolve_face(svc.store, options, avatar_id=start.avatar_id, face=image)
+    return face.avatar.prepared, face.options

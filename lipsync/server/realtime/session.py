@@ -17,8 +17,6 @@ render in flight is discarded when it returns, so no frame of the old speech fol
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import logging
 import threading
@@ -31,7 +29,7 @@ import numpy as np
 import pydantic
 
 from lipsync.engine import BatchStart, Wav2LipInferenceEngine
-from lipsync.errors import LipSyncError
+from lipsync.errors import InvalidInputError, LipSyncError
 from lipsync.faces import PreparedFace
 from lipsync.live import LiveLipSync
 from lipsync.options import RenderOptions
@@ -41,6 +39,7 @@ from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.idle import IdleLoop, Timeline
 from lipsync.server.realtime.outputs import JpegOutput, Outgoing, WebmOutput
 from lipsync.server.realtime.writer import ROOM_POLL_S, SessionClosed, Writer
+from lipsync.serving.payloads import decode_base64
 from lipsync.settings import Settings
 
 __all__ = ["Session", "SessionClosed", "SessionFace", "decode_pcm", "parse_text"]
@@ -208,8 +207,8 @@ class Session:
         parsed = parse_text(message)
         if isinstance(parsed, p.Audio):
             try:
-                data = base64.b64decode(parsed.data, validate=True)
-            except binascii.Error:
+                data = decode_base64(parsed.data)
+            except InvalidInputError:
                 raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, "audio.data is not base64") from None
             self._queue_audio(decode_pcm(data, self.start.audio))
         elif isinstance(parsed, p.Flush):

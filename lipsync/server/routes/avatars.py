@@ -10,26 +10,16 @@ from flask import g, jsonify, request
 from flask_openapi3 import APIBlueprint
 
 from lipsync.avatars import Avatar, AvatarStore
-from lipsync.errors import NotFoundError
 from lipsync.options import RenderOptions
 from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import LIMITS, errors, ok, operation
 from lipsync.server.parsing import parse_request
-from lipsync.server.schemas import Avatar as AvatarModel
-from lipsync.server.schemas import (
-    AvatarList,
-    AvatarPath,
-    Deleted,
-    RegisterAvatarRequest,
-    RegisteredAvatar,
-)
+from lipsync.server.responses import AvatarInfo, AvatarList, Deleted, RegisteredAvatar
+from lipsync.server.schemas import AvatarPath, RegisterAvatarRequest
 from lipsync.server.service import service
+from lipsync.serving.faces import not_found
 
 avatars = APIBlueprint("avatars", __name__)
-
-
-def not_found(avatar_id: str) -> NotFoundError:
-    return NotFoundError(f"avatar {avatar_id} not found", field="avatar_id")
 
 
 @avatars.post(
@@ -41,7 +31,8 @@ def not_found(avatar_id: str) -> NotFoundError:
         body=RegisterAvatarRequest,
     ),
     description="The id is derived from the file's bytes and the face options, so registering "
-    "the same file again returns the same id. " + LIMITS,
+    "the same file again returns the same id (200, `registered_now` false). Both `image` and "
+    "`video`: 400 naming both. " + LIMITS,
     responses={
         "200": ok("Already registered (same bytes and options).", RegisteredAvatar),
         "201": ok("Registered.", RegisteredAvatar),
@@ -54,9 +45,10 @@ def register_avatar():
     req = parse_request(request, RegisterAvatarRequest)
     options = req.render_options(svc.settings)
     with svc.admission.slot():  # detection on a video is as costly as a generation
-        avatar, created = run_in_thread(_register, svc.store, req.face, options)
+        avatar, registered_now = run_in_thread(_register, svc.store, req.face, options)
     g.log_extra = {"avatar_id": avatar.avatar_id}
-    return jsonify({**avatar.meta(), "created": created}), 201 if created else 200
+    reply = RegisteredAvatar.of(AvatarInfo(**avatar.meta()), registered_now)
+    return jsonify(reply.model_dump()), 201 if registered_now else 200
 
 
 def _register(store: AvatarStore, face: bytes, options: RenderOptions) -> tuple[Avatar, bool]:
@@ -70,19 +62,20 @@ def _register(store: AvatarStore, face: bytes, options: RenderOptions) -> tuple[
     responses={"200": ok("The avatars.", AvatarList), **errors(500, 503)},
 )
 def list_avatars():
-    return jsonify({"avatars": service().store.list()})
+    infos = [AvatarInfo(**meta) for meta in service().store.list()]
+    return jsonify(AvatarList(avatars=infos).model_dump())
 
 
 @avatars.get(
     "/api/avatars/<avatar_id>",
     **operation("getAvatar", "One avatar's metadata", "avatars"),
-    responses={"200": ok("The avatar.", AvatarModel), **errors(400, 404, 500, 503)},
+    responses={"200": ok("The avatar.", AvatarInfo), **errors(400, 404, 500, 503)},
 )
 def get_avatar(path: AvatarPath):
     meta = service().store.meta(path.avatar_id)  # metadata only: no frames decoded
     if meta is None:
         raise not_found(path.avatar_id)
-    return jsonify(meta)
+    return jsonify(AvatarInfo(**meta).model_dump())
 
 
 @avatars.delete(
@@ -93,4 +86,4 @@ def get_avatar(path: AvatarPath):
 def delete_avatar(path: AvatarPath):
     if not service().store.delete(path.avatar_id):
         raise not_found(path.avatar_id)
-    return jsonify({"success": True, "avatar_id": path.avatar_id, "deleted": True})
+    return jsonify(Deleted(success=True, avatar_id=path.avatar_id, deleted=True).model_dump())

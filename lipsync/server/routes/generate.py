@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
-import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import Response, g, jsonify, request
 from flask_openapi3 import APIBlueprint
 
 from lipsync import generation
-from lipsync.avatars import Avatar
-from lipsync.errors import InvalidFieldError
-from lipsync.media.encode_options import ContainerName, EncodeOptions
+from lipsync.media.encode_options import ContainerName
 from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.admission import Deadline
 from lipsync.server.offload import run_in_thread
 from lipsync.server.openapi import LIMITS, errors, ok, operation
 from lipsync.server.parsing import parse_request, response_mode
-from lipsync.server.routes.avatars import not_found
-from lipsync.server.schemas import (
-    VIDEO_HEADER_NAMES,
-    GenerateRequest,
-    GenerateResult,
-    header_name,
-)
+from lipsync.server.responses import VIDEO_HEADER_NAMES, GenerateResult, meta_headers
+from lipsync.server.schemas import GenerateRequest
 from lipsync.server.service import Service, service
 from lipsync.server.streaming import streamed_reply
+from lipsync.serving.faces import Face, resolve_face
+from lipsync.serving.producing import produce, video_meta
 
 generate = APIBlueprint("generate", __name__)
 R = TypeVar("R")
@@ -76,15 +69,15 @@ def generate_video():
     if req.stream:
         return streamed_reply(
             svc,
-            lambda: produce(
+            lambda: make_video(
                 generation.generate_stream, svc, req, options, fmt, speech, deadline.check
             ),
             deadline,
         )
     with svc.admission.slot():  # waited for on the greenlet: a queued request costs no thread
         deadline.check()
-        avatar, result = run_in_thread(
-            produce,
+        face, result = run_in_thread(
+            make_video,
             generation.generate,
             svc,
             req,
@@ -95,27 +88,10 @@ def generate_video():
             watch=deadline,
         )
     obs.observe_generation(result.timings_ms, result.video.num_frames)
-    return answer(result, avatar.avatar_id, binary)
+    return answer(result, face.avatar.avatar_id, binary)
 
 
-def prepare(
-    svc: Service, req: GenerateRequest, options: RenderOptions, timings: dict[str, float]
-) -> tuple[Avatar, RenderOptions]:
-    """The avatar (registered, or decoded and detected now) and the options it implies."""
-    if req.avatar_id is not None:
-        avatar = svc.store.get(req.avatar_id)
-        if avatar is None:
-            raise not_found(req.avatar_id)
-        check_quality(req.quality, avatar)
-    else:
-        assert req.face is not None  # the request model requires a face without avatar_id
-        avatar, _ = svc.store.get_or_create(req.face, options, persist=False, timings=timings)
-    if avatar.fps is not None:
-        options = dataclasses.replace(options, fps=avatar.fps)
-    return avatar, options
-
-
-def produce(
+def make_video(
     make: Callable[..., R],
     svc: Service,
     req: GenerateRequest,
@@ -123,50 +99,32 @@ def produce(
     fmt: ContainerName,
     speech: generation.Speech,
     check: Callable[[], None],
-) -> tuple[Avatar, R]:
-    """The avatar (detection unless registered or boxed) and `make(...)` of its generation:
-    `generation.generate` (the whole file) or `generation.generate_stream` (checked and
-    ready, nothing generated yet). Runs on a native thread: no Flask context here."""
+) -> tuple[Face, R]:
+    """The request's face (detection unless registered or boxed) and `make(...)` of its
+    video: `generation.generate` (the whole file) or `generation.generate_stream` (checked
+    and ready, nothing generated yet). Runs on a native thread: no Flask context here."""
     timings: dict[str, float] = {}
-    avatar, options = prepare(svc, req, options, timings)
-    encode = EncodeOptions(container=fmt)
-    return avatar, make(svc.engine, avatar.prepared, speech, options, encode, timings, check=check)
+    face = resolve_face(
+        svc.store,
+        options,
+        avatar_id=req.avatar_id,
+        face=req.face,
+        quality=req.quality,
+        timings=timings,
+    )
+    return face, produce(make, svc.engine, face, speech, fmt, timings, check=check)
 
 
 def answer(result: generation.GenerationResult, avatar_id: str, binary: bool) -> Response:
     """The video as JSON (base64 and metadata) or as a file with X-* metadata headers."""
-    meta: dict[str, Any] = {
-        "mime_type": result.video.mime_type,
-        "num_frames": result.video.num_frames,
-        "duration": round(result.video.duration, 3),
-        "fps": result.fps,
-        "width": result.video.width,
-        "height": result.video.height,
-        "avatar_id": avatar_id,
-        "silent_frames": result.silent_frames,
-        "timings_ms": result.timings_ms,
-    }
+    meta = video_meta(result, avatar_id)
     g.log_extra = {
         "avatar_id": avatar_id,
         "num_frames": meta["num_frames"],
         "timings_ms": result.timings_ms,
     }
     if binary:
-        headers = {header_name(key): _header(value) for key, value in meta.items()}
+        headers = meta_headers(meta)
         return Response(result.video.data, mimetype=result.video.mime_type, headers=headers)
     video = base64.b64encode(result.video.data).decode("ascii")
     return jsonify(GenerateResult(success=True, video=video, **meta).model_dump())
-
-
-def check_quality(requested: str | None, avatar: Avatar) -> None:
-    """An avatar's frames are fitted to its quality once: a request cannot ask another."""
-    if requested is not None and requested != avatar.quality:
-        raise InvalidFieldError(
-            "quality",
-            f"avatar {avatar.avatar_id} was registered with quality {avatar.quality!r}; "
-            f"register it again with quality {requested!r}",
-        )
-
-
-def _header(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)

@@ -18,7 +18,7 @@ from lipsync.server import observability as obs
 from lipsync.server import openapi
 from lipsync.server.error_mapping import SETUP_COMMAND
 from lipsync.server.openapi import errors, ok, operation
-from lipsync.server.schemas import Health, Index, Liveness, OpenAPIDocument, Readiness
+from lipsync.server.responses import Health, Index, Liveness, OpenAPIDocument, Readiness
 from lipsync.server.service import service
 from lipsync.server.web import PAGE_PATH
 from lipsync.settings import FORMATS
