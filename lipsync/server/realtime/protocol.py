@@ -16,7 +16,7 @@ import struct
 import zlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from lipsync.options import DEFAULT_SILENCE_THRESHOLD_DB, GENERATOR_NAMES
 
@@ -50,6 +50,9 @@ CLOSE_TOO_BIG = 1009  # a message over the size limit
 CLOSE_INTERNAL = 1011  # a bug: the server log has it
 CLOSE_TRY_AGAIN = 1013  # over capacity after the upgrade
 
+# The old name of Output.jpeg_quality, still accepted.
+OLD_JPEG_QUALITY = "quality"
+
 Encoding = Literal["pcm_s16le", "f32le"]
 SAMPLE_BYTES = {"pcm_s16le": 2, "f32le": 4}
 Model = Literal[GENERATOR_NAMES]  # type: ignore[valid-type]
@@ -65,13 +68,41 @@ class AudioFormat(_Message):
     channels: int = Field(default=1, ge=1, le=8, description="interleaved; averaged to mono")
 
 
+def _old_jpeg_quality(schema: dict[str, Any]) -> None:
+    """The published schema accepts the old name too (deprecated), with the same bounds."""
+    new = schema["properties"]["jpeg_quality"]
+    old = {key: value for key, value in new.items() if key not in ("default", "title")}
+    old.update(deprecated=True, description="the old name of jpeg_quality (not both)")
+    schema["properties"][OLD_JPEG_QUALITY] = old
+
+
 class Output(_Message):
+    model_config = ConfigDict(json_schema_extra=_old_jpeg_quality)
+
     format: Literal["jpeg", "webm"] = Field(
         default="jpeg",
         description="jpeg: a message per frame; webm: one live WebM stream (VP9 + Opus, the "
         "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`)",
     )
-    quality: int = Field(default=85, ge=1, le=100, description="JPEG quality")
+    jpeg_quality: int = Field(
+        default=85,
+        ge=1,
+        le=100,
+        description="JPEG quality of the frames (jpeg format); `quality` is its old name, "
+        "still accepted (not both)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        """`quality` (the old name of jpeg_quality; the request field `quality` of HTTP is
+        the output size) is read as jpeg_quality."""
+        if isinstance(data, dict) and OLD_JPEG_QUALITY in data:
+            if "jpeg_quality" in data:
+                raise ValueError(f"give jpeg_quality or its old name {OLD_JPEG_QUALITY}, not both")
+            data = {**data, "jpeg_quality": data[OLD_JPEG_QUALITY]}
+            del data[OLD_JPEG_QUALITY]
+        return data
 
 
 class Start(_Message):
