@@ -137,21 +137,27 @@ def _parse(data: bytes, ending: Ending) -> int:
         at += head + n
 
 
-def read_until_closed(sock: socket.socket, rest: bytes = b"", timeout: float = 60) -> Ending:
-    """Every frame until the server's close frame (answered) or the connection's end."""
+def read_until(sock: socket.socket, rest: bytes, done, timeout: float = 60) -> tuple[Ending, bytes]:
+    """Frames until `done(ending)`, a close frame or the connection's end; -> (them, the
+    bytes read beyond)."""
     ending = Ending()
     buffer = rest
     sock.settimeout(timeout)
+    while True:
+        buffer = buffer[_parse(buffer, ending) :]
+        if ending.close is not None or ending.garbage or done(ending):
+            return ending, buffer
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return ending, buffer
+        buffer += chunk
+
+
+def read_until_closed(sock: socket.socket, rest: bytes = b"", timeout: float = 60) -> Ending:
+    """Every frame until the server's close frame (answered) or the connection's end."""
+    ending = Ending()
     try:
-        while ending.close is None and not ending.garbage:
-            used = _parse(buffer, ending)
-            buffer = buffer[used:]
-            if ending.close is not None or ending.garbage:
-                break
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            buffer += chunk
+        ending, _ = read_until(sock, rest, lambda _: False, timeout)
         if ending.close is not None:
             sock.sendall(close_frame(ending.close[0]))
     except OSError:
