@@ -43,6 +43,7 @@ KEY_SUBPROTOCOL_PREFIX = "lipsync-key."
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (answered by the WebSocket layer)
 CLOSE_UNSUPPORTED_DATA = 1003  # binary audio before `start`, an unknown message type
 CLOSE_INVALID_PAYLOAD = 1007  # bad JSON, base64 or PCM length; a start that does not validate
 CLOSE_POLICY = 1008  # session too long, client idle, reader stalled
@@ -304,12 +305,15 @@ def protocol_document() -> dict[str, Any]:
         },
         "close_codes": {
             str(CLOSE_NORMAL): "`end` received",
+            str(CLOSE_PROTOCOL_ERROR): "a frame that breaks RFC 6455 (unmasked, reserved bits "
+            "or opcodes, a stray continuation)",
             str(CLOSE_UNSUPPORTED_DATA): "audio before `start`, or an unknown message type",
             str(CLOSE_INVALID_PAYLOAD): "bad JSON, base64, PCM length, or an invalid message",
-            str(CLOSE_POLICY): "session too long, client idle, or the reader stalled",
+            str(CLOSE_POLICY): "no `start` in time, session too long, client idle, the reader "
+            "stalled, or `start` refused (after an `error` message)",
             str(CLOSE_TOO_BIG): "a message over the size limit",
             str(CLOSE_INTERNAL): "server error",
-            str(CLOSE_TRY_AGAIN): "over capacity: retry later",
+            str(CLOSE_TRY_AGAIN): "every live session taken when `start` came: retry later",
         },
         "components": {"schemas": schemas},
     }
