@@ -61,7 +61,9 @@ def completing_chunk(index: int) -> int:
 def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, quality: int) -> dict:
     """One paced session: its latencies (s), frame rate and drops."""
     ws = websocket.create_connection(url, timeout=120)
-    ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"quality": quality}}))
+    ws.send(
+        json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"jpeg_quality": quality}})
+    )
     assert json.loads(ws.recv())["type"] == "ready"
     sent_at: list[float] = []
     arrivals: dict[int, float] = {}

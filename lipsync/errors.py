@@ -56,6 +56,12 @@ class ErrorCode(enum.Enum):
     INVALID_AUDIO = (422, "the audio cannot be used")
     INVALID_INPUT = (422, "valid fields that do not fit together, e.g. a box outside the image")
     INVALID_VIDEO = (422, "e.g. a face video whose frame rate is outside 1..60 fps")
+    # 426
+    UPGRADE_REQUIRED = (
+        426,
+        "a WebSocket upgrade of a version this server does not speak (see the answer's "
+        "Sec-WebSocket-Version)",
+    )
     # 499: only logged, the client has gone
     CLIENT_DISCONNECTED = (499, "the client closed the connection mid-generation")
     # 500

@@ -38,6 +38,8 @@ POSITIVE_INTS = (
     "realtime_max_sessions",
     "realtime_max_message_bytes",
     "realtime_send_buffer_frames",
+    "realtime_max_unstarted",
+    "realtime_max_unstarted_per_client",
 )
 POSITIVE_NUMBERS = (
     "max_body_mb",
@@ -51,6 +53,7 @@ POSITIVE_NUMBERS = (
     "realtime_max_session_s",
     "realtime_idle_timeout_s",
     "realtime_stall_timeout_s",
+    "realtime_start_timeout_s",
 )
 NON_NEGATIVE = (
     "inference_threads",
@@ -138,6 +141,12 @@ class Settings:
     realtime_idle_timeout_s: float = 60.0
     realtime_send_buffer_frames: int = 8
     realtime_stall_timeout_s: float = 10.0
+    # A connection counts as a session once its `start` is valid; until then it has this
+    # long to send it, and at most so many such connections are open (in all, and from one
+    # client address) beside the sessions.
+    realtime_start_timeout_s: float = 5.0
+    realtime_max_unstarted: int = 16
+    realtime_max_unstarted_per_client: int = 4
     # Optional API key (Authorization: Bearer <key> or X-API-Key) for all but /health/live.
     api_key: str = field(default="", repr=False)  # never printed
     # Browser origins allowed by CORS, comma-separated ("*" for any; empty: no CORS).

@@ -51,6 +51,7 @@ STATUS_TEXT = {
     413: "Payload too large",
     415: "Unsupported media",
     422: "Unprocessable input",
+    426: "Upgrade required",
     500: "Internal error",
     503: "Service unavailable",
     504: "Generation timed out",

@@ -32,7 +32,7 @@ class JpegOutput:
     """A message per frame: binary (header type 1 speech, 2 idle) or a JSON `frame`."""
 
     def __init__(self, start: p.Start, fps: float) -> None:
-        self._params = [cv2.IMWRITE_JPEG_QUALITY, start.output.quality]
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, start.output.jpeg_quality]
         self._binary = start.protocol == "binary"
         self._fps = fps
         self._idle_jpegs: dict[int, bytes] = {}  # avatar frame -> its JPEG (made once)
@@ -141,7 +141,10 @@ class WebmOutput:
         return [(chunk.model_dump_json(), False)]
 
     def finish(self) -> list[Outgoing]:
-        """Finish the stream: its tail (the frames the muxer still held)."""
+        """Finish the stream: its tail (the frames the muxer still held); nothing when no
+        frame was made (`end` before any)."""
+        if not self._encoder.num_frames:
+            return []
         self._encoder.finish()
         return self._chunk()
 

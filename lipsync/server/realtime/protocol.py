@@ -52,12 +52,16 @@ KEY_SUBPROTOCOL_PREFIX = "lipsync-key."
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (answered by the WebSocket layer)
 CLOSE_UNSUPPORTED_DATA = 1003  # binary audio before `start`, an unknown message type
 CLOSE_INVALID_PAYLOAD = 1007  # bad JSON, base64 or PCM length; a start that does not validate
 CLOSE_POLICY = 1008  # session too long, client idle, reader stalled
 CLOSE_TOO_BIG = 1009  # a message over the size limit
 CLOSE_INTERNAL = 1011  # a bug: the server log has it
 CLOSE_TRY_AGAIN = 1013  # over capacity after the upgrade
+
+# The old name of Output.jpeg_quality, still accepted.
+OLD_JPEG_QUALITY = "quality"
 
 Encoding = Literal["pcm_s16le", "f32le"]
 SAMPLE_BYTES = {"pcm_s16le": 2, "f32le": 4}
@@ -84,15 +88,41 @@ class AudioFormat(_Message):
     )
 
 
+def _old_jpeg_quality(schema: dict[str, Any]) -> None:
+    """The published schema accepts the old name too (deprecated), with the same bounds."""
+    new = schema["properties"]["jpeg_quality"]
+    old = {key: value for key, value in new.items() if key not in ("default", "title")}
+    old.update(deprecated=True, description="the old name of jpeg_quality (not both)")
+    schema["properties"][OLD_JPEG_QUALITY] = old
+
+
 class Output(_Message):
+    model_config = ConfigDict(json_schema_extra=_old_jpeg_quality)
+
     format: Literal["jpeg", "webm"] = Field(
         default="jpeg",
         description="jpeg: a message per frame; webm: one live WebM stream (VP9 + Opus, the "
         "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`)",
     )
-    quality: int = Field(
-        default=85, ge=JPEG_QUALITY.minimum, le=JPEG_QUALITY.maximum, description="JPEG quality"
+    jpeg_quality: int = Field(
+        default=85,
+        ge=JPEG_QUALITY.minimum,
+        le=JPEG_QUALITY.maximum,
+        description="JPEG quality of the frames (jpeg format); `quality` is its old name, "
+        "still accepted (not both)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        """`quality` (the old name of jpeg_quality; the request field `quality` of HTTP is
+        the output size) is read as jpeg_quality."""
+        if isinstance(data, dict) and OLD_JPEG_QUALITY in data:
+            if "jpeg_quality" in data:
+                raise ValueError(f"give jpeg_quality or its old name {OLD_JPEG_QUALITY}, not both")
+            data = {**data, "jpeg_quality": data[OLD_JPEG_QUALITY]}
+            del data[OLD_JPEG_QUALITY]
+        return data
 
 
 class Start(_Message):
@@ -318,12 +348,15 @@ def protocol_document() -> dict[str, Any]:
         },
         "close_codes": {
             str(CLOSE_NORMAL): "`end` received",
+            str(CLOSE_PROTOCOL_ERROR): "a frame that breaks RFC 6455 (unmasked, reserved bits "
+            "or opcodes, a stray continuation)",
             str(CLOSE_UNSUPPORTED_DATA): "audio before `start`, or an unknown message type",
             str(CLOSE_INVALID_PAYLOAD): "bad JSON, base64, PCM length, or an invalid message",
-            str(CLOSE_POLICY): "session too long, client idle, or the reader stalled",
+            str(CLOSE_POLICY): "no `start` in time, session too long, client idle, the reader "
+            "stalled, or `start` refused (after an `error` message)",
             str(CLOSE_TOO_BIG): "a message over the size limit",
             str(CLOSE_INTERNAL): "server error",
-            str(CLOSE_TRY_AGAIN): "over capacity: retry later",
+            str(CLOSE_TRY_AGAIN): "every live session taken when `start` came: retry later",
         },
         "components": {"schemas": schemas},
     }

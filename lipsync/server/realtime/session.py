@@ -1,6 +1,7 @@
-"""One /api/stream session: audio in, frames out, controls and limits.
+"""One live session (/api/stream): audio in, frames out, controls and limits, over any
+`LiveTransport` (transport.py: receive, send, close).
 
-Loops, each on its own greenlet under gevent (threads elsewhere):
+Loops, each on its own greenlet under gevent (native threads under gthread):
 - `run` (the connection's): reads messages, answers controls, enforces the idle and
   session time limits and watches the writer for a stalled reader;
 - the renderer: takes the queued audio (all of it at once when behind), pushes it to the
@@ -13,11 +14,18 @@ Loops, each on its own greenlet under gevent (threads elsewhere):
 `interrupt` bumps the utterance epoch: queued audio and frames are dropped at once and a
 render in flight is discarded when it returns, so no frame of the old speech follows the
 `interrupted` message.
+
+State shared by the loops (the epoch, the audio queue and its length, how the session
+ends) is read and written under the session's lock, the writer's queue under its own, the
+encoder and the idle timeline under `_producing`; so a session is correct whether its
+loops are greenlets or threads. Any loop's unexpected exception is logged and ends the
+session with close 1011; a peer that goes away just ends it.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -38,6 +46,7 @@ from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.idle import IdleLoop, Timeline
 from lipsync.server.realtime.outputs import JpegOutput, Outgoing, WebmOutput
+from lipsync.server.realtime.transport import LiveTransport, TransportClosed
 from lipsync.server.realtime.writer import ROOM_POLL_S, SessionClosed, Writer
 from lipsync.serving.payloads import decode_base64
 from lipsync.settings import Settings
@@ -54,6 +63,11 @@ MAX_PENDING_AUDIO_S = 30.0
 # Audio rendered at most in one go (when behind, or fed faster than real time): its frames
 # are sent before the next part is taken, so the first ones never wait for a long render.
 MAX_RENDER_S = 0.64
+# How long a closing session waits for each of its loops to end (a render in flight).
+JOIN_S = 30.0
+# How a session ends when the peer has gone (nothing is sent: the transport is closed).
+PEER_GONE = SessionClosed(p.CLOSE_NORMAL, "the client went away")
+SERVER_ERROR = SessionClosed(p.CLOSE_INTERNAL, "server error")
 
 
 @dataclass(frozen=True)
@@ -112,12 +126,12 @@ def parse_text(text: str) -> p.Start | p.Audio | p.Flush | p.Interrupt | p.Ping 
 
 
 class Session:
-    """One connection's lip-sync. `run()` returns when the session is over; `ws` is a
-    simple_websocket connection (send, receive(timeout), close(reason, message))."""
+    """One connection's lip-sync over `transport`. `run()` returns when the session is
+    over (the transport closed with the session's code), and never raises."""
 
     def __init__(
         self,
-        ws,
+        transport: LiveTransport,
         start: p.Start,
         face: SessionFace,
         output: JpegOutput | WebmOutput,
@@ -126,24 +140,25 @@ class Session:
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.settings = settings
+        self.transport = transport
         self._face = face
         self._output = output
         self._fps = face.options.fps
+        self._lock = threading.Lock()  # _epoch, _audio, _pending_samples, _closing
         self._epoch = 0
-        self._audio: collections.deque[tuple[int, np.ndarray | None, float]] = collections.deque()
+        # (samples or None for a flush, perf_counter when received): the current epoch's
+        self._audio: collections.deque[tuple[np.ndarray | None, float]] = collections.deque()
         self._pending_samples = 0
         self._audio_ready = threading.Event()
         self._producing = threading.Lock()  # held while frames are encoded and queued
         self._timeline = Timeline()
-        self.writer = Writer(ws, settings.realtime_send_buffer_frames)
+        self.writer = Writer(transport, settings.realtime_send_buffer_frames)
         self._closing: SessionClosed | None = None
         self._done = False
 
     # -- the reading loop --------------------------------------------------------------
 
     def run(self) -> None:
-        started = time.monotonic()
-        last_heard = started
         height, width = self._face.prepared.frames.shape[1:3]
         self.writer.json(
             p.Ready(
@@ -167,26 +182,36 @@ class Session:
                 lambda: self._done,
             )
             loops.append(idle.run)
-        for loop in loops:
-            threading.Thread(target=self._guard(loop), daemon=True).start()
-        try:
-            while self._closing is None:
-                message = self.writer.ws.receive(timeout=TICK_S)
-                now = time.monotonic()
-                if message is not None:
-                    self._handle(message)
-                if message is not None or self._audio or self._producing.locked():
-                    last_heard = now  # a client waiting for its frames is not idle
-                self._check_limits(now, started, last_heard)
-        except SessionClosed as closed:
-            self._closing = self._closing or closed
-        finally:
-            self._done = True
-            self._audio_ready.set()
-            self.writer.stop()
-        self.writer.close(self._closing or SessionClosed(p.CLOSE_NORMAL, ""))
+        threads = [threading.Thread(target=self._guard(loop), daemon=True) for loop in loops]
+        for thread in threads:
+            thread.start()
+        self._guard(self._read)()
+        self._done = True
+        self._audio_ready.set()
+        self.writer.stop()
+        closing = self._closing or SessionClosed(p.CLOSE_NORMAL, "")
+        self.transport.close(closing.code, closing.reason)
+        for thread in threads:
+            thread.join(JOIN_S)
         with self._producing:  # never while a render or an idle frame uses the encoder
-            run_in_thread(self._output.close)
+            self._guard(lambda: run_in_thread(self._output.close))()
+
+    def _read(self) -> None:
+        started = time.monotonic()
+        last_heard = started
+        while self._closing is None:
+            message = self.transport.receive(TICK_S)
+            now = time.monotonic()
+            if message is not None:
+                self._handle(message)
+            if message is not None or self._audio or self._producing.locked():
+                last_heard = now  # a client waiting for its frames is not idle
+            self._check_limits(now, started, last_heard)
+
+    def _end_with(self, closed: SessionClosed) -> None:
+        """The session ends with `closed` (the first reason given wins)."""
+        with self._lock:
+            self._closing = self._closing or closed
 
     def _check_limits(self, now: float, started: float, last_heard: float) -> None:
         s = self.settings
@@ -212,7 +237,8 @@ class Session:
                 raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, "audio.data is not base64") from None
             self._queue_audio(decode_pcm(data, self.start.audio))
         elif isinstance(parsed, p.Flush):
-            self._audio.append((self._epoch, None, time.perf_counter()))
+            with self._lock:
+                self._audio.append((None, time.perf_counter()))
             self._audio_ready.set()
         elif isinstance(parsed, p.Interrupt):
             self._interrupt()
@@ -227,49 +253,51 @@ class Session:
         """`end`: close 1000 at once; with webm output, after the stream's tail (the muxer
         finished: what it held goes out) has been sent."""
         if isinstance(self._output, WebmOutput):
-            self._epoch += 1  # no more rendering
-            self._audio.clear()
+            self._drop_audio()  # no more rendering
             with self._producing:
                 items = run_in_thread(self._output.finish)
-                self.writer.frames(items, time.perf_counter(), lambda: True)
+                self.writer.frames(items, time.perf_counter())
             deadline = time.monotonic() + self.settings.realtime_stall_timeout_s
             while self.writer.pending_frames and time.monotonic() < deadline:
                 time.sleep(ROOM_POLL_S)
         raise SessionClosed(p.CLOSE_NORMAL, "end")
 
     def _queue_audio(self, samples: np.ndarray) -> None:
-        self._pending_samples += len(samples)
-        if self._pending_samples > MAX_PENDING_AUDIO_S * self.start.audio.sample_rate:
-            raise SessionClosed(
-                p.CLOSE_POLICY, f"more than {MAX_PENDING_AUDIO_S:g} s of audio waiting"
-            )
-        self._audio.append((self._epoch, samples, time.perf_counter()))
+        with self._lock:
+            self._pending_samples += len(samples)
+            if self._pending_samples > MAX_PENDING_AUDIO_S * self.start.audio.sample_rate:
+                raise SessionClosed(
+                    p.CLOSE_POLICY, f"more than {MAX_PENDING_AUDIO_S:g} s of audio waiting"
+                )
+            self._audio.append((samples, time.perf_counter()))
         self._audio_ready.set()
 
+    def _drop_audio(self) -> None:
+        """A new epoch: the audio queued so far is never rendered."""
+        with self._lock:
+            self._epoch += 1
+            self._audio.clear()
+            self._pending_samples = 0
+
     def _interrupt(self) -> None:
-        self._epoch += 1
-        self._audio.clear()
-        self._pending_samples = 0
-        dropped = self.writer.drop_frames()
+        self._drop_audio()
+        dropped = self.writer.drop_frames(lambda n: p.Interrupted(dropped_frames=n))
         obs.REALTIME_FRAMES_DROPPED.inc(dropped)
-        self.writer.json(p.Interrupted(dropped_frames=dropped))
 
     # -- rendering ---------------------------------------------------------------------
 
     def _render_loop(self) -> None:
         live, epoch = self._face.new_live(), self._epoch
         while not self._done:
-            if not self._audio:
+            if self._epoch != epoch:  # interrupted: a fresh utterance
+                self._end_utterance(live)
+                live, epoch = self._face.new_live(), self._epoch
+            taken = self._take_audio(epoch)
+            if taken is None:
                 self._audio_ready.wait(TICK_S)
                 self._audio_ready.clear()
                 continue
-            if self._audio[0][0] != epoch or epoch != self._epoch:  # interrupted
-                self._end_utterance(live)
-                live, epoch = self._face.new_live(), self._epoch
-                while self._audio and self._audio[0][0] != epoch:
-                    self._audio.popleft()
-                continue
-            chunks, flush, received = self._take_audio()
+            chunks, flush, received = taken
             with self._producing:
                 rendered = run_in_thread(self._render, live, chunks, flush, epoch, received)
                 self._deliver(rendered)
@@ -279,23 +307,27 @@ class Session:
 
     def _end_utterance(self, live: LiveLipSync) -> None:
         """The next frames continue a video avatar's loop (idle mode) after this one."""
-        if self.start.idle and live.num_frames:
-            self._timeline.position = live.first_frame + live.num_frames
-        self._output.utterance_end()
+        with self._producing:
+            if self.start.idle and live.num_frames:
+                self._timeline.position = live.first_frame + live.num_frames
+            self._output.utterance_end()
 
-    def _take_audio(self) -> tuple[list[np.ndarray], bool, float]:
-        """The queued audio up to and including the first flush (if any), at most about
-        MAX_RENDER_S of it."""
+    def _take_audio(self, epoch: int) -> tuple[list[np.ndarray], bool, float] | None:
+        """The queued audio of `epoch` up to and including the first flush (if any), at
+        most about MAX_RENDER_S of it; None when there is none."""
         chunks: list[np.ndarray] = []
         received, taken = 0.0, 0
         limit = MAX_RENDER_S * self.start.audio.sample_rate
-        while self._audio and taken < limit:
-            _, samples, received = self._audio.popleft()
-            if samples is None:
-                return chunks, True, received
-            chunks.append(samples)
-            taken += len(samples)
-            self._pending_samples -= len(samples)
+        with self._lock:
+            if not self._audio or self._epoch != epoch:
+                return None
+            while self._audio and taken < limit:
+                samples, received = self._audio.popleft()
+                if samples is None:
+                    return chunks, True, received
+                chunks.append(samples)
+                taken += len(samples)
+                self._pending_samples -= len(samples)
         return chunks, False, received
 
     def _render(
@@ -327,29 +359,31 @@ class Session:
         if rendered.frames:
             self._timeline.last_speech_at = time.monotonic()
         # Interrupted meanwhile: its JPEGs are of dropped speech (WebM bytes still go).
-        self.writer.frames(rendered.items, rendered.received, lambda: self._current(rendered))
-        if not self._current(rendered):
-            return
+        current = functools.partial(self._current, rendered)
+        self.writer.frames(rendered.items, rendered.received, current)
         if rendered.error is not None:
             code = rendered.error.code.code
-            self.writer.json(p.ErrorMessage(code=code, message=str(rendered.error)))
+            self.writer.json(p.ErrorMessage(code=code, message=str(rendered.error)), current)
         if rendered.flushed is not None:
-            self.writer.json(p.Flushed(frames=rendered.flushed))
+            self.writer.json(p.Flushed(frames=rendered.flushed), current)
 
     def _current(self, rendered: _Rendered) -> bool:
         return rendered.epoch == self._epoch and not self._done
 
-    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
-        """Run `loop`; a failure ends the session (1011, or its own close code)."""
+    def _guard(self, loop: Callable[[], object]) -> Callable[[], None]:
+        """Run `loop`; its end ends the session: with its own close code, quietly when the
+        peer has gone, with 1011 (logged) on any other exception."""
 
         def guarded() -> None:
             try:
                 loop()
             except SessionClosed as closed:
-                self._closing = self._closing or closed
+                self._end_with(closed)
+            except TransportClosed:
+                self._end_with(PEER_GONE)
             except Exception:
                 if not self._done:
-                    logger.exception("realtime session %s failed", self.session_id)
-                    self._closing = self._closing or SessionClosed(p.CLOSE_INTERNAL, "server error")
+                    logger.exception("live session %s failed", self.session_id)
+                self._end_with(SERVER_ERROR)
 
         return guarded

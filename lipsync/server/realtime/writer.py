@@ -1,27 +1,32 @@
-"""A session's sending side: the only one writing to the socket, a bounded frame queue and
-the backpressure policy.
+"""A session's sending side: the only one writing to the transport, a bounded frame queue
+and the backpressure policy.
 
 Frames wait in a queue of at most `buffer_frames`; when it is full and the reader is
 behind (a send blocked for DROP_AFTER_S) the oldest droppable frame (a JPEG) is dropped,
 counted and reported in a `dropped` message; WebM chunks are never dropped (a gap would
 break the stream): their producer waits for room instead. `stalled_for` lets the session
 close a reader that takes nothing for too long.
+
+The queue has its own lock: the renderer and the idle loop add frames, the reading loop
+adds controls and drops frames (interrupt), the writer's loop takes them, each possibly
+on its own thread (gthread worker). `frames` and `json` take a `valid` check that runs
+under that lock, so a frame of interrupted speech is either queued before the interrupt
+drops it or not at all.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pydantic
-from wsproto.events import Message, TextMessage
 
 from lipsync.server import observability as obs
 from lipsync.server.realtime import protocol as p
+from lipsync.server.realtime.transport import LiveTransport
 
 # How long the writer's loop sleeps when there is nothing to send.
 TICK_S = 0.5
@@ -29,6 +34,10 @@ TICK_S = 0.5
 # oldest waiting frame is dropped for the new one (else the producer waits for room).
 DROP_AFTER_S = 0.2
 ROOM_POLL_S = 0.02
+
+
+def always() -> bool:
+    return True
 
 
 class SessionClosed(Exception):
@@ -49,16 +58,16 @@ class _Item:
 
 
 class Writer:
-    """Sends a simple_websocket connection's messages, in order, from its own loop."""
+    """Sends a transport's messages, in order, from its own loop (`loop`)."""
 
-    def __init__(self, ws, buffer_frames: int) -> None:
-        self.ws = ws
+    def __init__(self, transport: LiveTransport, buffer_frames: int) -> None:
+        self.transport = transport
         self._buffer_frames = buffer_frames
         self._out: collections.deque[_Item] = collections.deque()
         self._frames = 0  # frames in _out
+        self._lock = threading.Lock()  # the queue and its counts
         self._ready = threading.Event()
         self._space = threading.Event()  # the writer took a frame
-        self._lock = threading.Lock()
         self._dropped_unreported = 0
         self._sending_since: float | None = None
         self.dropped = 0
@@ -76,30 +85,43 @@ class Writer:
         return 0.0 if since is None else now - since
 
     def frames(
-        self, items: list[tuple[str | bytes, bool]], received: float, valid: Callable[[], bool]
+        self,
+        items: list[tuple[str | bytes, bool]],
+        received: float,
+        valid: Callable[[], bool] = always,
     ) -> None:
-        """Queue frame messages `(message, droppable)`; `valid()` false after waiting for
-        room (interrupted meanwhile) drops the droppable ones."""
+        """Queue frame messages `(message, droppable)`; the droppable ones only while
+        `valid()` (checked under the queue's lock: false once interrupted)."""
         for message, droppable in items:
             self._wait_for_room(droppable)
-            if self.stopped or (droppable and not valid()):
-                continue
-            self._out.append(_Item(message, True, droppable, received))
-            self._frames += 1
-            self.last_frame_at = time.monotonic()
+            with self._lock:
+                if self.stopped or (droppable and not valid()):
+                    continue
+                self._out.append(_Item(message, True, droppable, received))
+                self._frames += 1
+                self.last_frame_at = time.monotonic()
             self._ready.set()
 
-    def json(self, message: pydantic.BaseModel) -> None:
-        self._out.append(_Item(message.model_dump_json(), False, False, 0.0))
+    def json(self, message: pydantic.BaseModel, valid: Callable[[], bool] = always) -> None:
+        """Queue a control message, if `valid()` (checked under the queue's lock)."""
+        with self._lock:
+            if not valid():
+                return
+            self._out.append(_Item(message.model_dump_json(), False, False, 0.0))
         self._ready.set()
 
-    def drop_frames(self) -> int:
-        """Drop every droppable frame waiting (interrupt); -> how many."""
-        kept = [item for item in self._out if not item.droppable]
-        dropped = len(self._out) - len(kept)
-        self._out.clear()
-        self._out.extend(kept)
-        self._frames = sum(item.frame for item in kept)
+    def drop_frames(self, then: Callable[[int], pydantic.BaseModel]) -> int:
+        """Drop every droppable frame waiting (interrupt) and queue `then(dropped)` in
+        their place, at once; -> how many were dropped."""
+        with self._lock:
+            kept = [item for item in self._out if not item.droppable]
+            dropped = len(self._out) - len(kept)
+            self._out.clear()
+            self._out.extend(kept)
+            self._frames = sum(item.frame for item in kept)
+            self._out.append(_Item(then(dropped).model_dump_json(), False, False, 0.0))
+        self._ready.set()
+        self._space.set()
         return dropped
 
     def _wait_for_room(self, droppable: bool) -> None:
@@ -114,30 +136,40 @@ class Writer:
             self._space.clear()
 
     def _drop_oldest(self) -> bool:
-        for position, item in enumerate(self._out):
-            if item.droppable:
-                del self._out[position]
-                self._frames -= 1
-                self._dropped_unreported += 1
-                self.dropped += 1
-                obs.REALTIME_FRAMES_DROPPED.inc()
-                return True
+        with self._lock:
+            for position, item in enumerate(self._out):
+                if item.droppable:
+                    del self._out[position]
+                    self._frames -= 1
+                    self._dropped_unreported += 1
+                    self.dropped += 1
+                    obs.REALTIME_FRAMES_DROPPED.inc()
+                    return True
         return False
 
-    def loop(self) -> None:
-        """Send until `stop()`."""
-        while not self.stopped:
-            if self._dropped_unreported:
-                count, self._dropped_unreported = self._dropped_unreported, 0
-                self._send(p.Dropped(count=count, total=self.dropped).model_dump_json())
+    def _next(self) -> tuple[_Item | None, int]:
+        """The next message to send and the drops not reported yet (taken)."""
+        with self._lock:
+            dropped, self._dropped_unreported = self._dropped_unreported, 0
             if not self._out:
-                self._ready.wait(TICK_S)
-                self._ready.clear()
-                continue
+                return None, dropped
             item = self._out.popleft()
             if item.frame:
                 self._frames -= 1
-                self._space.set()
+        if item.frame:
+            self._space.set()
+        return item, dropped
+
+    def loop(self) -> None:
+        """Send until `stop()`; TransportClosed when the peer goes."""
+        while not self.stopped:
+            item, dropped = self._next()
+            if dropped:
+                self._send(p.Dropped(count=dropped, total=self.dropped).model_dump_json())
+            if item is None:
+                self._ready.wait(TICK_S)
+                self._ready.clear()
+                continue
             self._send(item.message)
             if item.frame:
                 self.sent += 1
@@ -150,26 +182,8 @@ class Writer:
         self._space.set()
 
     def _send(self, message: str | bytes) -> None:
-        """Send one whole message. simple-websocket's `send` makes one `socket.send` call,
-        which on a gevent socket may write only part of a large frame; this writes it all
-        (holding the lock, so a close frame never lands inside it)."""
-        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
-        with self._lock:
-            if not self.ws.connected:
-                raise SessionClosed(p.CLOSE_NORMAL, "")
-            self._sending_since = time.monotonic()
-            try:
-                self.ws.sock.sendall(self.ws.ws.send(event))
-            finally:
-                self._sending_since = None
-
-    def close(self, closed: SessionClosed) -> None:
-        """Close with `closed`'s code; a stalled reader's socket is just dropped (a close
-        frame would wait behind the unread data)."""
-        if closed.code == p.CLOSE_POLICY and "read nothing" in closed.reason:
-            with contextlib.suppress(OSError):
-                self.ws.sock.close()
-            self.ws.connected = False
-            return
-        with self._lock, contextlib.suppress(Exception):  # already closed by the peer
-            self.ws.close(reason=closed.code, message=closed.reason)
+        self._sending_since = time.monotonic()
+        try:
+            self.transport.send(message)
+        finally:
+            self._sending_since = None

@@ -72,7 +72,7 @@ export class LiveSession {
       droppedByServer: 0, badFrames: 0, interrupts: 0,
     });
     this.update();
-    const start = { type: "start", fps: FPS, protocol: "binary", output: { format: "jpeg", quality: JPEG_QUALITY } };
+    const start = { type: "start", fps: FPS, protocol: "binary", output: { format: "jpeg", jpeg_quality: JPEG_QUALITY } };
     if (face.avatarId) start.avatar_id = face.avatarId;
     else {
       start.image = await base64Of(face.file);
