@@ -43,7 +43,9 @@ LIMITS: dict[tuple[str, str], float] = {
     ("sample_rate", "maximum"): AUDIO_SAMPLE_RATE_HZ.maximum,
     ("channels", "minimum"): AUDIO_CHANNELS.minimum,
     ("channels", "maximum"): AUDIO_CHANNELS.maximum,
-    ("quality", "minimum"): JPEG_QUALITY.minimum,
+    ("jpeg_quality", "minimum"): JPEG_QUALITY.minimum,
+    ("jpeg_quality", "maximum"): JPEG_QUALITY.maximum,
+    ("quality", "minimum"): JPEG_QUALITY.minimum,  # jpeg_quality's old name (deprecated)
     ("quality", "maximum"): JPEG_QUALITY.maximum,
     ("pads", "minItems"): FACE_SIDES,
     ("pads", "maxItems"): FACE_SIDES,
@@ -109,7 +111,7 @@ def test_every_published_bound_is_the_enforced_constant(published, which):
         assert value == LIMITS.get(key, FACTS.get(key)), f"{which}: {prop} {keyword} {value}"
     seen = {(prop, keyword) for prop, keyword, _ in found}
     if which == "protocol":  # every WebSocket limit is published
-        for name in ("fps", "silence_threshold_db", "sample_rate", "channels", "quality"):
+        for name in ("fps", "silence_threshold_db", "sample_rate", "channels", "jpeg_quality"):
             assert {(name, "minimum"), (name, "maximum")} <= seen, name
     else:
         for name in ("fps", "silence_threshold_db", "silence_fade_frames"):
@@ -149,7 +151,7 @@ ENFORCED = [
     (AUDIO_SAMPLE_RATE_HZ, _sample_rate),
     (AUDIO_SAMPLE_RATE_HZ, _start("sample_rate", "audio")),
     (AUDIO_CHANNELS, _start("channels", "audio")),
-    (JPEG_QUALITY, _start("quality", "output")),
+    (JPEG_QUALITY, _start("jpeg_quality", "output")),
 ]
 
 
