@@ -47,7 +47,7 @@ class Wav2LipTalkingHead:
     """A talking head for one avatar image.
 
     Raises FileNotFoundError when the image or the models directory does not exist (and
-    for a missing model, `inference_engine.ModelNotFoundError`), and ValueError (a
+    for a missing model, `lipsync.engine.ModelNotFoundError`), and ValueError (a
     `lipsync.errors.InvalidInputError` with `.code` and `.field`, or a media error) for an
     unknown `preset` (generator and output size: "standard" = wav2lip, output within
     1280x720; "high" = wav2lip_gan, within 1920x1080), an image that cannot be decoded,
