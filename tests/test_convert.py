@@ -371,6 +371,11 @@ def test_wav2lip_ir_matches_pytorch(
     assert float(np.abs(result - expected).max()) <= 1e-4
 
 
+# Largest difference from PyTorch per unit of the output's magnitude: f32 rounding through
+# the 20-odd layers of VGG (1e-5 measured on AVX2, the worst of 14 outputs).
+DETECTOR_PARITY = 2e-5
+
+
 @slow
 @pytest.mark.parametrize("size", [(96, 128), (160, 120)])
 def test_detector_ir_matches_pytorch(
@@ -384,7 +389,10 @@ def test_detector_ir_matches_pytorch(
     got = compiled({"image": image.numpy()})
     for name, ref in zip(DETECTOR_OUTPUTS, expected, strict=True):
         assert got[name].shape == tuple(ref.shape), name
-        assert float(np.abs(got[name] - ref.numpy()).max()) <= 1e-4, name
+        # f32 sums in another order per CPU (AVX2 vs AVX-512 kernels): relative to the
+        # output's scale (the random detector's scores reach ~10), not absolute.
+        scale = max(1.0, float(np.abs(ref.numpy()).max()))
+        assert float(np.abs(got[name] - ref.numpy()).max()) <= DETECTOR_PARITY * scale, name
 
 
 # --- Random networks are well conditioned -----------------------------------------------------
