@@ -9,6 +9,7 @@ converter is converted again).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -52,6 +53,17 @@ def _build_once(target: Path, build) -> Path:
     except OSError:  # another process published it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored():
+    """Every test leaves the root logger as it found it: a test that runs a command's main()
+    (configure_logging) would otherwise leave handlers on a stream pytest has closed since."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
