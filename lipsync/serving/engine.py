@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lipsync import generation
-from lipsync.avatars import AvatarStore, TemporariesObserver, open_store
+from lipsync.avatars import MB, AvatarStore, TemporariesObserver, open_store
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.settings import Settings
-
-MB = 1024 * 1024
 
 
 def build_engine(settings: Settings) -> Wav2LipInferenceEngine:
