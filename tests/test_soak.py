@@ -83,6 +83,5 @@ def test_a_full_avatar_disk_answers_a_documented_error(soak):
     assert soak["statuses"]["generate_disk_full"].get("200", 0) >= 1  # no storage needed
 
 
-@pytest.mark.xfail(strict=False, reason="needs live work (unstarted connections hold no slot)")
 def test_idle_connections_cannot_block_a_real_session(soak):
     assert soak["faults"]["idle_flood"]["probe_ready_s"] is not None

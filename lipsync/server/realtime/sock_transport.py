@@ -1,5 +1,5 @@
 """The live transport of the WSGI server (gunicorn): a simple-websocket connection
-(wsproto, the library under flask-sock), upgraded from the request of the route.
+(on wsproto), upgraded from the request of the route.
 
 `accept` checks the upgrade request first (HandshakeError: 400, or 426 for a WebSocket
 version other than 13) and answers 101; `SocketTransport` adapts the connection to

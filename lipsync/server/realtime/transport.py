@@ -2,7 +2,7 @@
 
 A session (lipsync/server/realtime/session.py) reads messages, sends messages and closes,
 nothing more, so a new way in (an ASGI WebSocket under Ray Serve, a WebRTC data channel)
-is an adapter of these three methods; today's is the flask-sock/simple-websocket socket
+is an adapter of these three methods; today's is the simple-websocket socket
 (`sock_transport.py`). Thread contract: `receive` is called by one loop, `send` by one
 loop (the session's writer), and `close` by any loop at any time, even while a `send` is
 blocked on a slow reader (the adapter then drops the connection instead of waiting).
