@@ -52,9 +52,9 @@ FACE_BOX = (50, 180, 165, 280)
 WINDOW_LEAD_S = 0.2125
 
 
-def completing_chunk(index: int) -> int:
-    """The 0-based chunk whose arrival completes frame `index`'s window."""
-    needed = math.ceil((index / FPS + WINDOW_LEAD_S) * RATE)
+def completing_chunk(index: int, fps: float = FPS) -> int:
+    """The 0-based chunk whose arrival completes frame `index`'s window (frames at fps)."""
+    needed = math.ceil((index / fps + WINDOW_LEAD_S) * RATE)
     return max(math.ceil(needed / CHUNK) - 1, 0)
 
 

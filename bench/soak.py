@@ -1,6 +1,7 @@
 """Soak: mixed clients against the real 2-worker server while faults are injected.
 
-    python -m bench.soak [--models-dir DIR] [--seconds 180] [--out bench/results/soak.json]
+    python -m bench.soak [--models-dir DIR] [--seconds 180] [--live 2] [--live-fps 25]
+                         [--out bench/results/soak.json]
 
 Starts gunicorn on loopback (2 gevent workers, local avatar store; untrained random-init
 models when none are given) and runs, for `--seconds`, at once: whole-file clients,
@@ -105,7 +106,7 @@ def soak(server, avatar_dir: Path, plan: Plan, no_tmpfs: str | None) -> dict:
             for i in range(plan.streamed)
         ),
         *(
-            (live_client, (ws_url, f"live_{i}", base_id, pcm, record, stop))
+            (live_client, (ws_url, f"live_{i}", base_id, plan.live_fps, pcm, record, stop))
             for i in range(plan.live)
         ),
         (churn_client, (url, base_id, record, stop, disk_full)),
@@ -160,10 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir")
     parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--live", type=int, default=Plan.live, help="live sessions at once")
+    parser.add_argument(
+        "--live-fps", type=float, default=Plan.live_fps, help="frames/s each live session asks"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lipsync-soak-") as work:
-        result = run(models_dir(args.models_dir), Plan(seconds=args.seconds), Path(work))
+        result = run(
+            models_dir(args.models_dir),
+            Plan(seconds=args.seconds, live=args.live, live_fps=args.live_fps),
+            Path(work),
+        )
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -43,6 +43,7 @@ class Plan:
     whole_file: int = 1
     streamed: int = 1
     live: int = 2
+    live_fps: float = 25.0  # a CPU that renders fewer frames/s than the sessions ask falls behind
     speech_s: float = 1.0
     disk_full: tuple[float, float] = (0.15, 0.35)
     kill_at: float = 0.4
@@ -205,13 +206,15 @@ def b64(data: bytes) -> str:
 # -- live clients ----------------------------------------------------------------------------
 
 
-def live_client(ws_url: str, name: str, avatar_id: str, pcm, record: Record, stop) -> None:
+def live_client(
+    ws_url: str, name: str, avatar_id: str, fps: float, pcm, record: Record, stop
+) -> None:
     """Utterance after utterance on one session; a new session when it breaks."""
     while not stop.is_set():
         first = time.monotonic()
         record.waiting(name)
         try:
-            ws = open_live(ws_url, avatar_id)
+            ws = open_live(ws_url, avatar_id, fps)
         except websocket.WebSocketBadStatusException as refused:
             record.status("live_open", refused.status_code)
             stop.wait(RECONNECT_S if refused.status_code != 503 else 1.0)
@@ -225,14 +228,15 @@ def live_client(ws_url: str, name: str, avatar_id: str, pcm, record: Record, sto
         with contextlib.closing(ws):
             try:
                 while not stop.is_set():
-                    utterance(ws, pcm, record)
+                    utterance(ws, fps, pcm, record)
             except (OSError, websocket.WebSocketException, ValueError):
                 record.status("live_session", "broken")
 
 
-def open_live(ws_url: str, avatar_id: str) -> websocket.WebSocket:
+def open_live(ws_url: str, avatar_id: str, fps: float) -> websocket.WebSocket:
     ws = websocket.create_connection(ws_url, timeout=LIVE_READ_TIMEOUT_S)
-    ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"quality": 80}}))
+    start = {"avatar_id": avatar_id, "fps": fps, "output": {"jpeg_quality": 80}}
+    ws.send(json.dumps({"type": "start", **start}))
     ready = json.loads(ws.recv())
     if ready.get("type") != "ready":
         ws.close()
@@ -240,7 +244,7 @@ def open_live(ws_url: str, avatar_id: str) -> websocket.WebSocket:
     return ws
 
 
-def utterance(ws: websocket.WebSocket, pcm: np.ndarray, record: Record) -> None:
+def utterance(ws: websocket.WebSocket, fps: float, pcm: np.ndarray, record: Record) -> None:
     """UTTERANCE_S of speech paced in real time, then flush; the frames' lags recorded."""
     arrivals: dict[int, float] = {}
     flushed: list[int] = []
@@ -265,6 +269,6 @@ def utterance(ws: websocket.WebSocket, pcm: np.ndarray, record: Record) -> None:
     with record.lock:
         record.frames_lost += flushed[0] - len(arrivals)
         for index, arrived in arrivals.items():
-            if completing_chunk(index) < len(sent_at):
-                sent = sent_at[completing_chunk(index)]
+            if (chunk := completing_chunk(index, fps)) < len(sent_at):
+                sent = sent_at[chunk]
                 record.lags.append((sent, arrived - sent))
