@@ -101,6 +101,7 @@ class Wav2LipInferenceEngine:
         cache_dir: str | Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         inference_threads: int = 0,
+        inference_gate: InferenceGate | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,7 +125,7 @@ class Wav2LipInferenceEngine:
         }
         self.detector = S3FDDetector(*self._networks[DETECTOR_NAME])
         # Live batches (the server's real-time sessions) go before this engine's other ones.
-        self.inference_gate = InferenceGate()
+        self.inference_gate = inference_gate or InferenceGate()
 
     def _network(self, filename: str, preprocess) -> CompiledNetwork:
         return CompiledNetwork(
@@ -286,7 +287,8 @@ class Wav2LipInferenceEngine:
         """`start(mels, idx)` -> the pending mouths of mel windows (B, 80, 16) for the
         prepared frames `idx` (B,): an image's face goes through the face encoder here,
         once, and each batch only through the decoder; video frames through the whole
-        network. Each batch first lets pending live batches go (`inference_gate`)."""
+        network. Each batch first lets pending live batches go, and beside a live session runs
+        in slices (`inference_gate`)."""
         generator = self.generator(model)
         gate = self.inference_gate
         if prepared.num_frames == 1:
@@ -294,13 +296,16 @@ class Wav2LipInferenceEngine:
                 features = generator.encode_face(prepared.inputs)
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
-                gate.before_batch()
-                return generator.start_with_face(mels, features)
+                return gate.start_batch(
+                    lambda rows: generator.start_with_face(mels[rows], features), len(mels)
+                )
         else:
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
-                gate.before_batch()
-                return generator.start(mels, prepared.inputs[idx])
+                return gate.start_batch(
+                    lambda rows: generator.start(mels[rows], prepared.inputs[idx[rows]]),
+                    len(mels),
+                )
 
         return start
 

@@ -1,12 +1,19 @@
 """Live inference first (issue 19, item 7), in-process and deterministic: while a live
 batch is pending on the worker's batcher, a whole-file generation starts no new batch (it
 waits between batches, its running batch is not disturbed); then it goes on, and its frames
-are those it makes alone. Real networks (untrained models); nothing is timed."""
+are those it makes alone. While a live session is open, whole-file batches start as small
+slices. The workers of a server see each other's live work through shared flags (one
+file each, a flock a killed worker drops). Real networks (untrained models); nothing is
+timed."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +21,7 @@ from helpers import FACE_BOX
 
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.options import RenderOptions
-from lipsync.runtime.priority import InferenceGate
+from lipsync.runtime.priority import BATCH_ROWS_BESIDE_LIVE, InferenceGate, SharedFlag
 from lipsync.runtime.wav2lip import Wav2LipGenerator
 from lipsync.server.realtime.batcher import FrameBatcher
 
@@ -124,7 +131,107 @@ def test_gate_counts_must_balance() -> None:
     gate.live_end()
     gate.before_batch()  # nothing pending: goes at once
     assert gate.yields == 0
-    with pytest.raises(RuntimeError, match="without live_begin"):
+    with pytest.raises(RuntimeError, match="live batches: lowered more often than raised"):
         gate.live_end()
     with pytest.raises(ValueError, match="max_wait_s"):
         InferenceGate(max_wait_s=-1)
+
+
+@pytest.fixture
+def started_video(monkeypatch) -> list[int]:
+    """Rows of each whole-network inference (a video avatar's), in the order they start."""
+    rows: list[int] = []
+    real = Wav2LipGenerator.start
+
+    def spy(self, mels, faces):
+        assert len(faces) == len(mels)
+        rows.append(len(mels))
+        return real(self, mels, faces)
+
+    monkeypatch.setattr(Wav2LipGenerator, "start", spy)
+    return rows
+
+
+@pytest.mark.parametrize("avatar", ["image", "video"])
+def test_beside_an_open_live_session_whole_file_batches_start_as_slices(
+    engine, face_image, gate, started, started_video, avatar
+) -> None:
+    frames = [face_image] if avatar == "image" else [face_image, face_image[:, ::-1].copy()]
+    prepared = engine.prepare_face(frames, OPTIONS)
+    rows = started if avatar == "image" else started_video
+    windows = mels(WHOLE_FILE_FRAMES, seed=5)
+    alone = np.concatenate(list(engine.iter_frames(prepared, windows, blend="none")))
+    assert rows == [BATCH, BATCH, BATCH, WHOLE_FILE_FRAMES - 3 * BATCH]
+    rows.clear()
+
+    with gate.live_session():
+        beside = np.concatenate(list(engine.iter_frames(prepared, windows, blend="none")))
+    assert set(rows) == {BATCH_ROWS_BESIDE_LIVE} and sum(rows) == WHOLE_FILE_FRAMES
+    assert gate.sessions.count == 0  # the session's end lowered the flag
+    # the same frames, in the same order (the video's frames follow their windows); the
+    # batch shape may change the last bit of a float sum
+    assert beside.shape == alone.shape
+    assert np.abs(beside.astype(int) - alone.astype(int)).max() <= 1
+
+
+def test_peers_see_each_others_live_work_through_their_shared_flags(tmp_path) -> None:
+    one, other = (
+        InferenceGate(peers_dir=tmp_path),
+        InferenceGate(peers_dir=tmp_path, max_wait_s=600),
+    )
+    try:
+        assert not other.batches.raised() and not other.sessions.raised()
+        with one.live_session():
+            assert other.sessions.raised() and other.live_pending == 0
+        assert not other.sessions.raised()
+
+        one.live_begin()
+        waited = threading.Thread(target=other.before_batch)
+        waited.start()
+        wait_until(lambda: other.yielding == 1, "the peer's whole-file batch waits")
+        one.live_end()
+        waited.join(600)
+        assert not waited.is_alive() and other.yields == 1
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_killed_peers_flag_goes_down_with_it(tmp_path) -> None:
+    """A worker killed in the middle of a live batch holds no whole-file work back."""
+    holder = (
+        "import sys, time; from pathlib import Path\n"
+        "from lipsync.runtime.priority import SharedFlag\n"
+        "flag = SharedFlag('live batches', Path(sys.argv[1]))\n"
+        "flag.raise_flag(); print('raised', flush=True); time.sleep(600)\n"
+    )
+    path = tmp_path / "live-batches.lock"
+    peer = subprocess.Popen(
+        [sys.executable, "-c", holder, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    seen = SharedFlag("live batches", path)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == "raised\n"
+        assert seen.raised() and seen.count == 0
+        peer.send_signal(signal.SIGKILL)
+        peer.wait(60)
+        assert not seen.raised()
+    finally:
+        peer.kill()
+        peer.wait(60)
+        assert peer.stdout is not None
+        peer.stdout.close()
+        seen.close()
+
+
+def test_a_flag_without_a_file_is_this_processes_only(tmp_path: Path) -> None:
+    local, shared = SharedFlag("local"), SharedFlag("shared", tmp_path / "flag.lock")
+    try:
+        local.raise_flag()
+        assert local.raised() and not shared.raised()
+        local.lower_flag()
+        assert not local.raised()
+        with pytest.raises(RuntimeError, match="local: lowered more often than raised"):
+            local.lower_flag()
+    finally:
+        shared.close()

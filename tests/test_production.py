@@ -209,6 +209,9 @@ def test_metrics_add_up_across_two_workers(untrained_models, tmp_path):
             == 12
         )
         assert "lipsync_model_compile_seconds" in text
+        # the workers share their live flags (live work first on every worker) in it
+        flags = {path.name for path in (tmp_path / "metrics").rglob("peers/*.lock")}
+        assert flags == {"live-batches.lock", "live-sessions.lock"}
     finally:
         stop_server(server)
     assert not any((tmp_path / "metrics").iterdir()), "the master removes its metrics directory"

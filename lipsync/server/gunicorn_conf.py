@@ -12,6 +12,7 @@ gunicorn at start with a message naming it.
 import os
 import shutil
 
+from lipsync.runtime.priority import PEERS_DIR_ENV
 from lipsync.settings import Settings
 
 _settings = Settings.load()
@@ -38,13 +39,17 @@ preload_app = False
 control_socket_disable = True
 
 METRICS_DIR = _settings.metrics_dir / str(os.getpid())
+# The workers' shared flags (live work goes first on every worker), removed with it.
+PEERS_DIR = METRICS_DIR / "peers"
 
 
 def on_starting(server):
-    """Before any worker: a fresh multiprocess metrics directory for this master."""
+    """Before any worker: a fresh multiprocess metrics directory for this master, and the
+    workers' peers directory in it."""
     shutil.rmtree(METRICS_DIR, ignore_errors=True)
-    METRICS_DIR.mkdir(parents=True)
+    PEERS_DIR.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+    os.environ[PEERS_DIR_ENV] = str(PEERS_DIR)
 
 
 # glibc malloc tuning for workers that allocate many large, short-lived frame buffers from

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from lipsync import generation
 from lipsync.avatars import MB, AvatarStore, TemporariesObserver, open_store
 from lipsync.engine import Wav2LipInferenceEngine
+from lipsync.runtime.priority import PEERS_DIR_ENV, InferenceGate
 from lipsync.settings import Settings
 
 
 def build_engine(settings: Settings) -> Wav2LipInferenceEngine:
     """The engine the settings describe: models, device, precision, compile cache, batch
-    size and OpenVINO threads. Models compile on first use."""
+    size and OpenVINO threads. Models compile on first use. Under gunicorn, its live work
+    goes first on every worker of the server (PEERS_DIR_ENV, lipsync/runtime/priority.py)."""
+    peers = os.environ.get(PEERS_DIR_ENV)
     return Wav2LipInferenceEngine(
         settings.models_dir,
         settings.device,
@@ -20,6 +25,7 @@ def build_engine(settings: Settings) -> Wav2LipInferenceEngine:
         cache_dir=settings.cache_dir,
         batch_size=settings.batch_size,
         inference_threads=settings.inference_threads,
+        inference_gate=InferenceGate(peers_dir=Path(peers) if peers else None),
     )
 
 

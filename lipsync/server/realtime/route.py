@@ -167,7 +167,8 @@ def serve(transport: LiveTransport, svc: Service, batcher: FrameBatcher, slot: L
         session = _start(transport, svc, batcher, slot)
         if session is not None:
             started = time.perf_counter()
-            session.run()
+            with svc.engine.inference_gate.live_session():  # whole-file work in slices
+                session.run()
             logger.info(
                 "live session %s: %d frames sent, %d dropped, %.1f s",
                 session.session_id,
