@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FACE = (ROOT / "test_assets" / "face.jpg").read_bytes()
 PAUSE_S = 3.0
 IDLE_SOCKETS = 12  # more than both workers' live sessions (4 each by default)
+# The idle connections' client address: another client than the real sessions (a
+# squatter's unstarted connections count against its own per-client limit, not theirs).
+IDLE_CLIENT_ADDRESS = "127.0.0.2"
 UTTERANCE_S = 4.0
 # A live client gives up on a session that sends nothing this long (a killed worker's).
 LIVE_READ_TIMEOUT_S = 90.0

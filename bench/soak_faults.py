@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from bench.realtime import FACE_BOX
 from bench.soak_clients import (
     CLOSE,
     FAULT_SETTLE_S,
+    IDLE_CLIENT_ADDRESS,
     IDLE_SOCKETS,
     PAUSE_S,
     TMPFS_BYTES,
@@ -161,7 +163,9 @@ def idle_flood(server, plan: Plan, record: Record, stop) -> dict:
     end = began + (plan.idle[1] - plan.idle[0]) * plan.seconds
     idle: list[websocket.WebSocket] = []
     probe: dict[str, object] = {}
-    prober = threading.Thread(target=lambda: probe.update(probe_session(ws_url, record, end)))
+    prober = threading.Thread(
+        target=lambda: probe.update(probe_session(ws_url, plan.live_fps, record, end))
+    )
     try:
         while time.perf_counter() < end and not stop.is_set():
             idle = [ws for ws in idle if ws.connected] + open_idle(ws_url, IDLE_SOCKETS - len(idle))
@@ -177,20 +181,25 @@ def idle_flood(server, plan: Plan, record: Record, stop) -> dict:
 
 
 def open_idle(ws_url: str, count: int) -> list[websocket.WebSocket]:
+    """Idle connections from IDLE_CLIENT_ADDRESS (the real sessions' is 127.0.0.1)."""
+    host, port = ws_url.removeprefix("ws://").split("/")[0].split(":")
     opened = []
     for _ in range(max(count, 0)):
         with contextlib.suppress(OSError, websocket.WebSocketException):
-            opened.append(websocket.create_connection(ws_url, timeout=10))
+            sock = socket.create_connection(
+                (host, int(port)), timeout=10, source_address=(IDLE_CLIENT_ADDRESS, 0)
+            )
+            opened.append(websocket.create_connection(ws_url, timeout=10, socket=sock))
     return opened
 
 
-def probe_session(ws_url: str, record: Record, end: float) -> dict:
+def probe_session(ws_url: str, fps: float, record: Record, end: float) -> dict:
     """A real session opened while the idle sockets are up: its time to `ready`."""
     first = time.perf_counter()
     avatar_id = record.faults["base_avatar"]
     while time.perf_counter() < end:
         with contextlib.suppress(OSError, websocket.WebSocketException):
-            ws = open_live(ws_url, str(avatar_id))
+            ws = open_live(ws_url, str(avatar_id), fps)
             ws.close()
             return {"probe_ready_s": round(time.perf_counter() - first, 2)}
         time.sleep(1.0)

@@ -14,6 +14,7 @@ import json
 import pytest
 
 from bench.soak import Plan, run
+from lipsync.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -84,4 +85,7 @@ def test_a_full_avatar_disk_answers_a_documented_error(soak):
 
 
 def test_idle_connections_cannot_block_a_real_session(soak):
-    assert soak["faults"]["idle_flood"]["probe_ready_s"] is not None
+    """Another client's idle connections hold no slot the probe needs: it is not made to
+    wait until one of them times out (realtime_start_timeout_s)."""
+    ready = soak["faults"]["idle_flood"]["probe_ready_s"]
+    assert ready is not None and ready < Settings().realtime_start_timeout_s
