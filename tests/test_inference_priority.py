@@ -8,6 +8,8 @@ timed."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import subprocess
 import sys
@@ -235,3 +237,23 @@ def test_a_flag_without_a_file_is_this_processes_only(tmp_path: Path) -> None:
             local.lower_flag()
     finally:
         shared.close()
+
+
+def test_raising_a_flag_never_blocks_even_while_a_peer_holds_its_file(tmp_path, caplog) -> None:
+    """A peer stopped in the middle of its probe costs priority, never a hung worker."""
+    path = tmp_path / "live-sessions.lock"
+    flag = SharedFlag("live sessions", path)
+    peer = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(peer, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a probe that does not let go
+        flag.raise_flag()
+        assert flag.count == 1 and "not raised" in caplog.text
+        flag.lower_flag()
+        fcntl.flock(peer, fcntl.LOCK_UN)
+        flag.raise_flag()  # the file is free again: raised where peers see it
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(peer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flag.lower_flag()
+    finally:
+        os.close(peer)
+        flag.close()

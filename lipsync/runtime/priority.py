@@ -49,8 +49,9 @@ POLL_S = 0.005
 BATCH_ROWS_BESIDE_LIVE = 1
 # The environment variable naming the directory the workers of one server share.
 PEERS_DIR_ENV = "LIPSYNC_PEERS_DIR"
-# Raising a flag while a peer probes it: tries, a millisecond apart.
-RAISE_TRIES = 20
+# Raising a flag while a peer probes it: tries, each after giving up the CPU (no sleep: a
+# greenlet must not switch while it holds the flag's native lock).
+RAISE_TRIES = 1000
 
 
 class SharedFlag:
@@ -105,7 +106,7 @@ class SharedFlag:
                 fcntl.flock(holder, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                time.sleep(0.001)
+                os.sched_yield()
         logger.warning("%s: a peer holds the flag's file; not raised", self.name)
 
 
