@@ -22,8 +22,9 @@ batch is generated and never hold a whole long clip in memory.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Callable, Generator, MutableMapping, Sequence
+from collections.abc import Callable, Generator, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,14 @@ from lipsync.face_detection import (
     validate_box,
 )
 from lipsync.face_detection import s3fd as s3fd_module
-from lipsync.faces import PreparedFace, as_frames, batch_bounds, crop_faces, frame_order
+from lipsync.faces import (
+    PreparedFace,
+    as_frames,
+    batch_bounds,
+    crop_faces,
+    cut_batches,
+    frame_order,
+)
 from lipsync.media.sizing import fit_frames, scale_box, scale_rect
 from lipsync.options import DEFAULT_PADS, GENERATOR_NAMES, FaceBox, Rect, RenderOptions
 from lipsync.runtime.core import CompiledNetwork, float_precision, make_core, resolve_precision
@@ -287,8 +295,7 @@ class Wav2LipInferenceEngine:
         """`start(mels, idx)` -> the pending mouths of mel windows (B, 80, 16) for the
         prepared frames `idx` (B,): an image's face goes through the face encoder here,
         once, and each batch only through the decoder; video frames through the whole
-        network. Each batch first lets pending live batches go, and beside a live session runs
-        in slices (`inference_gate`)."""
+        network. Each batch first lets pending live batches go (`inference_gate`)."""
         generator = self.generator(model)
         gate = self.inference_gate
         if prepared.num_frames == 1:
@@ -296,16 +303,13 @@ class Wav2LipInferenceEngine:
                 features = generator.encode_face(prepared.inputs)
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
-                return gate.start_batch(
-                    lambda rows: generator.start_with_face(mels[rows], features), len(mels)
-                )
+                gate.before_batch()
+                return generator.start_with_face(mels, features)
         else:
 
             def start(mels: np.ndarray, idx: np.ndarray) -> Pending:
-                return gate.start_batch(
-                    lambda rows: generator.start(mels[rows], prepared.inputs[idx[rows]]),
-                    len(mels),
-                )
+                gate.before_batch()
+                return generator.start(mels, prepared.inputs[idx])
 
         return start
 
@@ -333,24 +337,28 @@ class Wav2LipInferenceEngine:
         stream show its first frames sooner.
         first_frame: the output index of the first window, when speech arrives in parts
         (`lipsync.live`): a video avatar's frames continue where the last part stopped.
-        start: how batches are started (default `batch_starter(prepared, model)`); a caller
-        rendering many parts of one face passes its own to encode the face once.
+        start: how batches are started (default `batch_starter(prepared, model)`, whole-file
+        work: its batches are cut to the `inference_gate`'s `batch_rows`, one frame beside
+        an open live session); a caller rendering many parts of one face passes its own to
+        encode the face once.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face
         goes through the face encoder once ("infer" in `timings`), video frames through
         the whole network.
         """
+        order = frame_order(first_frame + len(mel_windows), prepared.num_frames)[first_frame:]
+        bounds: Iterable[tuple[int, int]] = batch_bounds(len(order), self.batch_size, first_batch)
         if start is None:
             start = self.batch_starter(prepared, model, timings)
-        order = frame_order(first_frame + len(mel_windows), prepared.num_frames)[first_frame:]
+            bounds = cut_batches(bounds, self.inference_gate.batch_rows)
         if weights is None:
             weights = np.ones(len(order), np.float32)
         elif len(weights) != len(order):
             raise ValueError(f"weights must have {len(order)} values, got {len(weights)}")
         pending: _Batch | None = None
         try:
-            for first, stop in [*batch_bounds(len(order), self.batch_size, first_batch), (None, 0)]:
+            for first, stop in itertools.chain(bounds, [(None, 0)]):  # cut as reached
                 running = pending
                 if first is not None:
                     idx = order[first:stop]

@@ -1,13 +1,14 @@
 """Prepared faces and frame scheduling: pure data and numpy/OpenCV, no inference.
 
 A `PreparedFace` is what lip-sync needs of an avatar (frames, face boxes, 96x96 crops and
-the generator's face input); `frame_order` and `batch_bounds` say which source frame each
-output frame shows and how output frames are grouped into inference batches.
+the generator's face input); `frame_order` says which source frame each output frame
+shows, `batch_bounds` and `cut_batches` how output frames are grouped into inference
+batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -74,6 +75,20 @@ def batch_bounds(
         return []
     starts = [0, *range(first, num_frames, batch_size)]
     return list(zip(starts, [*starts[1:], num_frames], strict=True))
+
+
+def cut_batches(
+    bounds: Iterable[tuple[int, int]], rows: Callable[[int], int]
+) -> Iterator[tuple[int, int]]:
+    """Each (start, stop) of `bounds`, when it is reached, as parts of `rows(left)` frames
+    (1 <= rows(left) <= left): how many a batch may have is decided as late as possible."""
+    for start, stop in bounds:
+        while start < stop:
+            size = rows(stop - start)
+            if not 1 <= size <= stop - start:
+                raise ValueError(f"rows({stop - start}) must be in [1, {stop - start}], got {size}")
+            yield start, start + size
+            start += size
 
 
 def crop_faces(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:

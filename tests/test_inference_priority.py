@@ -8,8 +8,6 @@ timed."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import signal
 import subprocess
 import sys
@@ -239,21 +237,43 @@ def test_a_flag_without_a_file_is_this_processes_only(tmp_path: Path) -> None:
         shared.close()
 
 
-def test_raising_a_flag_never_blocks_even_while_a_peer_holds_its_file(tmp_path, caplog) -> None:
-    """A peer stopped in the middle of its probe costs priority, never a hung worker."""
-    path = tmp_path / "live-sessions.lock"
-    flag = SharedFlag("live sessions", path)
-    peer = os.open(path, os.O_RDWR)
+def test_a_missing_peers_dir_leaves_the_priority_within_the_process(tmp_path, caplog) -> None:
+    """A stale LIPSYNC_PEERS_DIR (its master gone) costs priority across workers, nothing else."""
+    gate = InferenceGate(peers_dir=tmp_path / "gone")
     try:
-        fcntl.flock(peer, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a probe that does not let go
-        flag.raise_flag()
-        assert flag.count == 1 and "not raised" in caplog.text
-        flag.lower_flag()
-        fcntl.flock(peer, fcntl.LOCK_UN)
-        flag.raise_flag()  # the file is free again: raised where peers see it
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(peer, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        flag.lower_flag()
+        with gate.live_session():
+            assert gate.sessions.raised() and gate.batch_rows(16) == BATCH_ROWS_BESIDE_LIVE
+        assert gate.batch_rows(16) == 16
+        assert "within this process only" in caplog.text
     finally:
-        os.close(peer)
-        flag.close()
+        gate.close()
+
+
+def test_a_peers_open_session_cuts_this_workers_batches(engine, face_image, started, tmp_path):
+    prepared = engine.prepare_face(face_image, OPTIONS)
+    peer, default = InferenceGate(peers_dir=tmp_path), engine.inference_gate
+    engine.inference_gate = InferenceGate(peers_dir=tmp_path)
+    try:
+        with peer.live_session():
+            frames = list(engine.iter_frames(prepared, mels(5, seed=6), blend="none"))
+        assert started == [BATCH_ROWS_BESIDE_LIVE] * 5 and len(frames) == 5
+        started.clear()
+        list(engine.iter_frames(prepared, mels(5, seed=6), blend="none"))
+        assert started == [BATCH, 1]  # the session closed: whole batches again
+    finally:
+        engine.inference_gate.close()
+        engine.inference_gate = default
+        peer.close()
+
+
+def test_a_generation_stopped_early_beside_a_session_starts_nothing_more(
+    engine, face_image, gate, started
+) -> None:
+    """A client that hangs up beside a live session: the batch already running finishes,
+    no further one starts (each one-frame batch is a point where the caller can stop)."""
+    prepared = engine.prepare_face(face_image, OPTIONS)
+    with gate.live_session():
+        frames = engine.iter_frames(prepared, mels(WHOLE_FILE_FRAMES, seed=7), blend="none")
+        assert len(next(frames)) == BATCH_ROWS_BESIDE_LIVE
+        frames.close()
+    assert started == [BATCH_ROWS_BESIDE_LIVE] * 2  # the first, and the one running ahead

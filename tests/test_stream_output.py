@@ -15,7 +15,7 @@ from helpers import ASSETS, FACE_BOX, probe_video, smooth_image
 
 from lipsync import audio, generation
 from lipsync.engine import Wav2LipInferenceEngine
-from lipsync.faces import batch_bounds
+from lipsync.faces import batch_bounds, cut_batches
 from lipsync.media.encode import VideoEncoder, encode_video
 from lipsync.media.encode_options import EncodeOptions
 from lipsync.options import RenderOptions
@@ -222,6 +222,20 @@ def test_codecs_and_drain_needs_live() -> None:
         assert re.fullmatch(r"avc1\.64[0-9a-f]{4}", mute.codecs)
     with encoder("webm", True, live=False) as whole, pytest.raises(RuntimeError, match="live"):
         whole.drain()
+
+
+def test_cut_batches_decides_each_batchs_rows_when_it_is_reached() -> None:
+    asked: list[int] = []
+
+    def rows(left: int) -> int:
+        asked.append(left)
+        return 1 if len(asked) in (2, 3) else left  # a live session open for two batches
+
+    cut = cut_batches(batch_bounds(40, 16, 4), rows)
+    assert next(cut) == (0, 4) and asked == [4]  # nothing decided ahead
+    assert list(cut) == [(4, 5), (5, 6), (6, 20), (20, 36), (36, 40)]
+    with pytest.raises(ValueError, match=r"rows\(3\) must be in \[1, 3\], got 0"):
+        list(cut_batches([(0, 3)], lambda left: 0))
 
 
 def test_batch_bounds() -> None:

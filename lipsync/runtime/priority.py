@@ -4,16 +4,17 @@ A live frame that is late is worthless; a whole-file reply that takes a little l
 not. So while a live batch is pending (submitted and not yet run to its end), a whole-file
 or streamed generation does not start its next batch: it waits between batches, never in
 the middle of an inference, and fills the time the live sessions leave. While a live
-session is open, whole-file batches are cut into slices of BATCH_ROWS_BESIDE_LIVE rows,
-each started behind the gate, so a live batch waits at most for one slice (a whole batch
-of a slow CPU takes longer than a live frame may wait). A whole-file slice waits at most
-`max_wait_s`, so it always completes (a live load that never pauses slows it, it cannot
-stop it).
+session is open, whole-file batches are BATCH_ROWS_BESIDE_LIVE rows each (`batch_rows`),
+so a live batch waits for little more than one such batch per running generation (a
+whole batch of a slow CPU takes longer than a live frame may wait). A whole-file batch
+waits at most `max_wait_s`, so it always completes (a live load that never pauses slows
+it, it cannot stop it).
 
 The workers of one server share a CPU: given `peers_dir` (the gunicorn master's, in
 LIPSYNC_PEERS_DIR), a worker's live batches and sessions hold back the whole-file work of
-every worker. Each is a `SharedFlag` there, a shared flock the kernel drops when its
-process dies.
+every worker. Each is a `SharedFlag` there: a read lock on one file (an open file
+description lock, which the kernel drops when its process dies) that peers test for
+without taking a lock themselves, so raising a flag never waits for anyone.
 
 Native locks only: both sides run on native threads, also in a gevent worker.
 """
@@ -24,17 +25,12 @@ import contextlib
 import fcntl
 import logging
 import os
+import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from lipsync.util import native_lock
-
-if TYPE_CHECKING:  # the gunicorn master imports this module: no OpenVINO there
-    from lipsync.runtime.wav2lip import Pending
 
 logger = logging.getLogger(__name__)
 
@@ -42,78 +38,88 @@ logger = logging.getLogger(__name__)
 MAX_YIELD_S = 2.0
 # How often a waiting whole-file batch looks whether the live batches have run.
 POLL_S = 0.005
-# Rows of a whole-file slice while a live session is open: a live batch waits for at most
-# one frame of whole-file inference (~10 ms with AMX, ~80 ms on 2 AVX2 cores). Measured by
-# bench.soak on 2 AVX2 cores (1 live session at 6 fps beside whole-file and streamed
-# clients): lag p50/p95 692/1479 ms with slices of 2 rows, 444/1106 ms with 1.
+# Rows of a whole-file batch while a live session is open: a live batch waits for one frame
+# of whole-file inference per running generation (~10 ms with AMX, ~80 ms on 2 AVX2 cores).
+# Measured by bench.soak on 2 AVX2 cores (1 live session at 6 fps beside whole-file and
+# streamed clients): lag p50/p95 692/1479 ms with 2 rows, 444/1106 ms with 1.
 BATCH_ROWS_BESIDE_LIVE = 1
 # The environment variable naming the directory the workers of one server share.
 PEERS_DIR_ENV = "LIPSYNC_PEERS_DIR"
-# Raising a flag while a peer probes it: tries, each after giving up the CPU (no sleep: a
-# greenlet must not switch while it holds the flag's native lock).
-RAISE_TRIES = 1000
+# struct flock (Linux): l_type, l_whence, l_start, l_len, l_pid, padding.
+FLOCK_STRUCT = "hhqqi4x"
+
+
+def _lock_request(kind: int) -> bytes:
+    """A whole-file lock of `kind` (F_RDLCK, F_WRLCK, F_UNLCK) for F_OFD_* commands."""
+    return struct.pack(FLOCK_STRUCT, kind, os.SEEK_SET, 0, 0, 0)
 
 
 class SharedFlag:
     """A flag that any process can raise (counted within it) and every process can see
-    through one file, where a process that raised it holds a shared flock; without a
-    path, a flag of this process only."""
+    through one file; without a path (or where the file or OFD locks are unavailable),
+    a flag of this process only. Never raises: a flag that cannot reach its file costs
+    priority, never a request."""
 
     def __init__(self, name: str, path: Path | None = None) -> None:
         self.name = name
-        self._files = None
-        if path is not None:
-            self._files = tuple(os.open(path, os.O_RDWR | os.O_CREAT, 0o600) for _ in "hp")
         self._mutex = native_lock()
         self.count = 0
+        self._file: int | None = None
+        if path is not None and hasattr(fcntl, "F_OFD_GETLK"):
+            try:
+                self._file = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                logger.warning("%s: %s; live priority within this process only", name, exc)
 
     def raise_flag(self) -> None:
         with self._mutex:
+            if self.count == 0:
+                self._set(fcntl.F_RDLCK)
             self.count += 1
-            if self.count == 1 and self._files is not None:
-                self._hold(self._files[0])
 
     def lower_flag(self) -> None:
         with self._mutex:
             if self.count < 1:
                 raise RuntimeError(f"{self.name}: lowered more often than raised")
             self.count -= 1
-            if self.count == 0 and self._files is not None:
-                fcntl.flock(self._files[0], fcntl.LOCK_UN)
+            if self.count == 0:
+                self._set(fcntl.F_UNLCK)
 
     def raised(self) -> bool:
         """Whether any process (this one included) has the flag raised."""
-        if self.count or self._files is None:
-            return self.count > 0
-        probe = self._files[1]
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if self.count:
             return True
-        fcntl.flock(probe, fcntl.LOCK_UN)
-        return False
+        with self._mutex:
+            if self._file is None:
+                return False
+            try:
+                found = fcntl.fcntl(self._file, fcntl.F_OFD_GETLK, _lock_request(fcntl.F_WRLCK))
+            except OSError as exc:
+                logger.warning("%s: %s", self.name, exc)
+                return False
+        return struct.unpack(FLOCK_STRUCT, found)[0] != fcntl.F_UNLCK
 
     def close(self) -> None:
-        for fd in self._files or ():
-            os.close(fd)
-        self._files = None
+        """Let go of the file (and of a raised flag's lock); a flag of this process then."""
+        with self._mutex:
+            if self._file is not None:
+                os.close(self._file)
+                self._file = None
 
-    def _hold(self, holder: int) -> None:
-        """Never blocks: a peer's probe holds the file for microseconds (stopped right then,
-        longer: the flag stays down, which costs priority, nothing else)."""
-        for _ in range(RAISE_TRIES):
-            try:
-                fcntl.flock(holder, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                os.sched_yield()
-        logger.warning("%s: a peer holds the flag's file; not raised", self.name)
+    def _set(self, kind: int) -> None:
+        """Take or drop this process's read lock: never waits (nobody takes a write lock)."""
+        if self._file is None:
+            return
+        try:
+            fcntl.fcntl(self._file, fcntl.F_OFD_SETLK, _lock_request(kind))
+        except OSError as exc:
+            logger.warning("%s: %s; peers do not see it", self.name, exc)
 
 
 class InferenceGate:
     """Pending live batches and open live sessions (this process's, and with `peers_dir`
-    its peers'); whole-file batches wait while a live batch is pending and start as
-    slices while a live session is open.
+    its peers'); whole-file batches wait while a live batch is pending and are cut to
+    BATCH_ROWS_BESIDE_LIVE rows while a live session is open.
 
     Nothing is held across threads (a live batch is counted on its session's thread and
     uncounted on whichever thread ran it): a waiting whole-file batch looks again every
@@ -123,9 +129,9 @@ class InferenceGate:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         self.max_wait_s = max_wait_s
-        shared = (lambda name: peers_dir / name) if peers_dir else (lambda name: None)
-        self.batches = SharedFlag("live batches", shared("live-batches.lock"))
-        self.sessions = SharedFlag("live sessions", shared("live-sessions.lock"))
+        in_peers = (lambda name: peers_dir / name) if peers_dir else (lambda name: None)
+        self.batches = SharedFlag("live batches", in_peers("live-batches.lock"))
+        self.sessions = SharedFlag("live sessions", in_peers("live-sessions.lock"))
         self._mutex = native_lock()
         self._tick = native_lock()  # always held: acquiring it with a timeout is a sleep
         self._tick.acquire()
@@ -147,20 +153,16 @@ class InferenceGate:
 
     @contextlib.contextmanager
     def live_session(self) -> Iterator[None]:
-        """While it lasts, whole-file batches start as slices."""
+        """While it lasts, whole-file batches are BATCH_ROWS_BESIDE_LIVE rows each."""
         self.sessions.raise_flag()
         try:
             yield
         finally:
             self.sessions.lower_flag()
 
-    def start_batch(self, start_rows: Callable[[slice], Pending], rows: int) -> Pending:
-        """Start a whole-file batch of `rows` (`start_rows(rows_slice)` starts a part of
-        it) behind the gate: whole, or beside a live session as slices."""
-        self.before_batch()
-        if rows <= BATCH_ROWS_BESIDE_LIVE or not self.sessions.raised():
-            return start_rows(slice(0, rows))
-        return _Slices(self, start_rows, rows)
+    def batch_rows(self, rows: int) -> int:
+        """The rows of the next whole-file batch, when `rows` are wanted."""
+        return min(rows, BATCH_ROWS_BESIDE_LIVE) if self.sessions.raised() else rows
 
     def before_batch(self) -> None:
         """Called before a whole-file batch starts: waits while live batches are pending
@@ -184,21 +186,3 @@ class InferenceGate:
         """Let go of the peers' files (a closed gate counts for this process only)."""
         self.batches.close()
         self.sessions.close()
-
-
-class _Slices:
-    """A whole-file batch beside live sessions: its first slice starts now, the others in
-    `wait()`, each behind the gate. `wait()` -> the batch's mouths (B, 96, 96, 3) uint8."""
-
-    def __init__(self, gate: InferenceGate, start_rows: Callable[[slice], Pending], rows: int):
-        self._gate, self._start_rows = gate, start_rows
-        step = BATCH_ROWS_BESIDE_LIVE
-        self._parts = [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
-        self._first = start_rows(self._parts[0])
-
-    def wait(self) -> np.ndarray:
-        mouths = [self._first.wait()]
-        for part in self._parts[1:]:
-            self._gate.before_batch()
-            mouths.append(self._start_rows(part).wait())
-        return np.concatenate(mouths)

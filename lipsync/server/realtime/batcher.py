@@ -13,8 +13,8 @@ stay on each session's thread.
 
 An image's features are computed once per session (`starter`), not per push. From its
 submission until its inference has run, a session's batch holds the engine's
-`inference_gate`: whole-file and streamed generations of the worker start no new batch
-meanwhile (live first, lipsync/runtime/priority.py).
+`inference_gate`: whole-file and streamed generations of every worker of the server start
+no new batch meanwhile (live first, lipsync/runtime/priority.py).
 """
 
 from __future__ import annotations
