@@ -339,8 +339,8 @@ class Wav2LipInferenceEngine:
         (`lipsync.live`): a video avatar's frames continue where the last part stopped.
         start: how batches are started (default `batch_starter(prepared, model)`, whole-file
         work: its batches are cut to the `inference_gate`'s `batch_rows`, one frame beside
-        an open live session); a caller rendering many parts of one face passes its own to
-        encode the face once.
+        an open live session); a caller rendering many parts of one face (`LiveLipSync`,
+        the live batcher) passes its own to encode the face once, and is not cut.
 
         Inference of batch k+1 runs (in OpenVINO's threads) while batch k is pasted and
         handed to the caller, who typically encodes it: the stages overlap. An image's face

@@ -3,11 +3,12 @@ batch is pending on the worker's batcher, a whole-file generation starts no new 
 waits between batches, its running batch is not disturbed); then it goes on, and its frames
 are those it makes alone. While a live session is open, whole-file batches start as small
 slices. The workers of a server see each other's live work through shared flags (one
-file each, a flock a killed worker drops). Real networks (untrained models); nothing is
-timed."""
+file each, an open-file-description lock a killed worker drops). Real networks (untrained
+models); nothing is timed."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from helpers import FACE_BOX
 
 from lipsync.engine import Wav2LipInferenceEngine
 from lipsync.options import RenderOptions
+from lipsync.runtime import priority
 from lipsync.runtime.priority import BATCH_ROWS_BESIDE_LIVE, InferenceGate, SharedFlag
 from lipsync.runtime.wav2lip import Wav2LipGenerator
 from lipsync.server.realtime.batcher import FrameBatcher
@@ -227,6 +229,11 @@ def test_a_killed_peers_flag_goes_down_with_it(tmp_path) -> None:
 def test_a_flag_without_a_file_is_this_processes_only(tmp_path: Path) -> None:
     local, shared = SharedFlag("local"), SharedFlag("shared", tmp_path / "flag.lock")
     try:
+        shared.raise_flag()
+        peer = SharedFlag("a peer's", tmp_path / "flag.lock")
+        assert peer.raised() and not SharedFlag("local too").raised()  # the file's, or none
+        peer.close()
+        shared.lower_flag()
         local.raise_flag()
         assert local.raised() and not shared.raised()
         local.lower_flag()
@@ -277,3 +284,35 @@ def test_a_generation_stopped_early_beside_a_session_starts_nothing_more(
         assert len(next(frames)) == BATCH_ROWS_BESIDE_LIVE
         frames.close()
     assert started == [BATCH_ROWS_BESIDE_LIVE] * 2  # the first, and the one running ahead
+
+
+def test_a_session_opening_mid_generation_cuts_the_batches_not_yet_started(
+    engine, face_image, gate, started
+) -> None:
+    """Batch sizes are decided as each batch is reached, not when the generation begins."""
+    prepared = engine.prepare_face(face_image, OPTIONS)
+    frames = engine.iter_frames(prepared, mels(WHOLE_FILE_FRAMES, seed=8), blend="none")
+    made = len(next(frames))  # batch 0 done, batch 1 started ahead
+    with gate.live_session():
+        made += sum(len(batch) for batch in frames)
+    assert made == WHOLE_FILE_FRAMES
+    assert started == [BATCH, BATCH] + [1] * (WHOLE_FILE_FRAMES - 2 * BATCH)
+
+
+def test_a_file_without_ofd_locks_leaves_a_working_flag_of_this_process(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Where the kernel refuses the lock (EINVAL), the flag says so once and keeps counting."""
+
+    def refused(fd, command, arg):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    flag = SharedFlag("live sessions", tmp_path / "flag.lock")
+    monkeypatch.setattr(priority.fcntl, "fcntl", refused)
+    flag.raise_flag()
+    assert flag.raised() and flag.count == 1
+    flag.lower_flag()
+    assert not flag.raised() and flag.count == 0
+    flag.raise_flag()
+    flag.lower_flag()
+    assert caplog.text.count("within this process only") == 1

@@ -57,8 +57,9 @@ def _lock_request(kind: int) -> bytes:
 class SharedFlag:
     """A flag that any process can raise (counted within it) and every process can see
     through one file; without a path (or where the file or OFD locks are unavailable),
-    a flag of this process only. Never raises: a flag that cannot reach its file costs
-    priority, never a request."""
+    a flag of this process only. Errors of the file never raise: a flag that cannot use
+    its file becomes a flag of this process (said once), which costs priority, never a
+    request."""
 
     def __init__(self, name: str, path: Path | None = None) -> None:
         self.name = name
@@ -95,7 +96,7 @@ class SharedFlag:
             try:
                 found = fcntl.fcntl(self._file, fcntl.F_OFD_GETLK, _lock_request(fcntl.F_WRLCK))
             except OSError as exc:
-                logger.warning("%s: %s", self.name, exc)
+                self._give_up(exc)
                 return False
         return struct.unpack(FLOCK_STRUCT, found)[0] != fcntl.F_UNLCK
 
@@ -113,7 +114,14 @@ class SharedFlag:
         try:
             fcntl.fcntl(self._file, fcntl.F_OFD_SETLK, _lock_request(kind))
         except OSError as exc:
-            logger.warning("%s: %s; peers do not see it", self.name, exc)
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        """The file cannot serve (no OFD locks here?): a flag of this process from now on."""
+        logger.warning("%s: %s; live priority within this process only", self.name, exc)
+        assert self._file is not None
+        os.close(self._file)  # a raised flag's lock goes with it
+        self._file = None
 
 
 class InferenceGate:

@@ -171,20 +171,20 @@ class FrameBatcher:
         for group in groups.values():
             try:
                 mouths = _infer(group)
-            except Exception as exc:  # the sessions' threads raise it
-                for job in group:
-                    job.error = exc
-            else:
                 offsets = np.cumsum([0, *(len(job.mels) for job in group)])
                 for job, start, stop in zip(group, offsets[:-1], offsets[1:], strict=True):
                     job.mouths = mouths[start:stop]
                 logger.debug("batch of %d windows, %d jobs", offsets[-1], len(group))
                 obs.REALTIME_BATCH_FRAMES.observe(int(offsets[-1]))
                 obs.REALTIME_BATCH_SESSIONS.observe(len({job.owner for job in group}))
-            for job in group:
-                job.gate.live_end()
-                job.done = True
-                job.wake.set()
+            except Exception as exc:  # the sessions' threads raise it
+                for job in group:
+                    job.error = exc
+            finally:  # whatever happened, the gate is let go and every session woken
+                for job in group:
+                    job.gate.live_end()
+                    job.done = True
+                    job.wake.set()
 
 
 def _infer(group: list[_Job]) -> np.ndarray:
