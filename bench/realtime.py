@@ -1,15 +1,21 @@
 """Real-time sessions through the real server: per-frame latency, frame rate, drops.
 
     python -m bench.realtime [--models-dir DIR] [--clients 1 2 3 4] [--seconds 30]
-                             [--precisions bf16 int8] [--quality 85]
-                             [--out bench/results/realtime.json]
+                             [--precisions bf16 int8] [--quality 85] [--fps 25]
+                             [--paces realtime asap] [--out bench/results/realtime.json]
+    python -m bench.realtime --network [--network-seconds 10] [--network-fps 25] ...
+
+`--network` measures what a session costs a network instead (bench/realtime_network.py:
+bytes per output format and frame size, CPU per frame of the output, barge-in with a
+TTS-like feed, paced against asap).
 
 Per precision, starts gunicorn on loopback (untrained random-init models when none are
 given, with their INT8 copy made once by lipsync/conversion/quantize_int8.py: speed is the
-same, mouths are meaningless), registers test_assets/face.jpg once, then for each N in `--clients`
-opens N /api/stream sessions at once, each sending test_assets/speech.wav (looped) as
-40 ms PCM chunks paced in real time for `--seconds` (chunk k leaves when its last sample
-is due, as from a microphone), then `flush`. Latencies per frame, the flushed tail left
+same, mouths are meaningless), registers test_assets/face.jpg once, then for each N in
+`--clients` and each of `--paces` (compared in the same run) opens N /api/stream sessions
+at once, each sending test_assets/speech.wav (looped) as 40 ms PCM chunks paced in real
+time for `--seconds` (chunk k leaves when its last sample is due, as from a microphone),
+then `flush`. Latencies per frame, the flushed tail left
 out: `latency_ms` from the send of the chunk that completes the frame's mel window (frame
 i needs the audio up to i/fps + 212.5 ms at 16 kHz: lipsync/live.py) to the frame's
 arrival, i.e. what the server and the network add; `from_frame_start_ms` from the frame's
@@ -36,6 +42,7 @@ import numpy as np
 import requests
 import websocket
 
+from bench import realtime_network
 from bench.load import models_dir
 from bench.models import usable_precisions
 from lipsync import audio
@@ -58,12 +65,12 @@ def completing_chunk(index: int, fps: float = FPS) -> int:
     return max(math.ceil(needed / CHUNK) - 1, 0)
 
 
-def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, quality: int) -> dict:
-    """One paced session: its latencies (s), frame rate and drops."""
+def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, session: dict) -> dict:
+    """One session fed in real time (`session`: its start's fields): its latencies (s),
+    frame rate and drops."""
+    fps = session["fps"]
     ws = websocket.create_connection(url, timeout=120)
-    ws.send(
-        json.dumps({"type": "start", "avatar_id": avatar_id, "output": {"jpeg_quality": quality}})
-    )
+    ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, **session}))
     assert json.loads(ws.recv())["type"] == "ready"
     sent_at: list[float] = []
     arrivals: dict[int, float] = {}
@@ -94,12 +101,12 @@ def run_client(url: str, avatar_id: str, pcm: np.ndarray, seconds: float, qualit
     live = [
         i
         for i in arrivals
-        if completing_chunk(i) < len(sent_at) and arrivals[i] <= streamed_until + 1.0
+        if completing_chunk(i, fps) < len(sent_at) and arrivals[i] <= streamed_until + 1.0
     ]
     live_frames = sum(1 for t in arrivals.values() if t <= streamed_until)
     return {
-        "latencies": [arrivals[i] - sent_at[completing_chunk(i)] for i in live],
-        "from_start": [arrivals[i] - (start + i / FPS) for i in live],
+        "latencies": [arrivals[i] - sent_at[completing_chunk(i, fps)] for i in live],
+        "from_start": [arrivals[i] - (start + i / fps) for i in live],
         "fps": live_frames / (streamed_until - start),
         "frames": len(arrivals),
         "dropped": state["dropped"],
@@ -120,11 +127,11 @@ def send_paced(ws: websocket.WebSocket, pcm: np.ndarray, seconds: float) -> list
     return sent_at
 
 
-def measure(url: str, avatar_id: str, pcm: np.ndarray, clients: int, seconds: float, q: int):
+def measure(url: str, avatar_id: str, pcm: np.ndarray, clients: int, seconds: float, session: dict):
     results: list[dict] = [{}] * clients
 
     def one(i: int) -> None:
-        results[i] = run_client(url, avatar_id, pcm, seconds, q)
+        results[i] = run_client(url, avatar_id, pcm, seconds, session)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -174,14 +181,21 @@ def run_precision(models: Path, precision: str, pcm: np.ndarray, args) -> list[d
             registered.raise_for_status()
             avatar_id = registered.json()["avatar_id"]
             url = server.url.replace("http://", "ws://") + "/api/stream"
-            measure(url, avatar_id, pcm, 1, 2.0, args.quality)  # warm-up
+            output = {"jpeg_quality": args.quality}
+            measure(url, avatar_id, pcm, 1, 2.0, {"fps": args.fps, "output": output})  # warm-up
+            if args.network:
+                before = load_average()
+                run = realtime_network.measure(server.url, models, precision, pcm, args)
+                return [{"precision": precision, **run, "load_before": before}]
             runs = []
             for n in args.clients:
-                before = load_average()
-                run = measure(url, avatar_id, pcm, n, args.seconds, args.quality)
-                runs.append({"precision": precision, **run, "load_before": before})
-                runs[-1]["load_after"] = load_average()
-                print(summary(runs[-1]), flush=True)
+                for pace in args.paces:
+                    session = {"fps": args.fps, "pace": pace, "output": output}
+                    before = load_average()
+                    run = measure(url, avatar_id, pcm, n, args.seconds, session)
+                    run.update(precision=precision, pace=pace, load_before=before)
+                    runs.append({**run, "load_after": load_average()})
+                    print(summary(runs[-1]), flush=True)
             return runs
         finally:
             local_server.stop_server(server)
@@ -190,7 +204,7 @@ def run_precision(models: Path, precision: str, pcm: np.ndarray, args) -> list[d
 def summary(run: dict) -> str:
     lat, e2e = run["latency_ms"], run["from_frame_start_ms"]
     return (
-        f"{run['precision']} {run['clients']} client(s): latency p50/p95/max "
+        f"{run['precision']} {run['clients']} client(s), pace {run['pace']}: latency p50/p95/max "
         f"{lat['p50']}/{lat['p95']}/{lat['max']} ms (from frame start {e2e['p50']}/"
         f"{e2e['p95']}/{e2e['max']} ms); fps {run['fps_per_session']}; dropped "
         f"{run['frames_dropped']}; load {run['load_before']} -> {run['load_after']}"
@@ -204,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--quality", type=int, default=85)
+    parser.add_argument("--fps", type=float, default=FPS)
+    parser.add_argument("--paces", nargs="+", default=["realtime"], choices=["realtime", "asap"])
+    parser.add_argument("--network", action="store_true")
+    parser.add_argument("--network-seconds", type=float, default=10.0)
+    parser.add_argument("--network-fps", type=float, default=25.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "realtime.json"))
     args = parser.parse_args(argv)
+    args.face_box = FACE_BOX
     wav, rate = audio.read_audio((ROOT / "test_assets" / "speech.wav").read_bytes())
     if rate != RATE:
         parser.error(f"test_assets/speech.wav is {rate} Hz, expected {RATE}")

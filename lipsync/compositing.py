@@ -84,6 +84,15 @@ def match_colour(face: np.ndarray, crop: np.ndarray) -> np.ndarray:
     return cv2.add(face, offset, dtype=cv2.CV_8U)  # type: ignore[call-overload]
 
 
+def pasted_region(box: FaceBox, blend: str) -> FaceBox:
+    """The part of a frame that `paste_face` may change for `box`: (top, bottom, left,
+    right); "soft" leaves the rows above its mask alone."""
+    top, bottom, left, right = (int(v) for v in box)
+    if blend == "soft":
+        top += _mask_parts(bottom - top, right - left)[0]
+    return top, bottom, left, right
+
+
 def paste_face(
     frame: np.ndarray,
     box: FaceBox,

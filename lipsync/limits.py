@@ -48,6 +48,12 @@ AUDIO_SAMPLE_RATE_HZ = Range(8000, 192000, integer=True)
 AUDIO_CHANNELS = Range(1, 8, integer=True)
 # JPEG quality of live frames.
 JPEG_QUALITY = Range(1, 100, integer=True)
+# How long before its presentation time a paced live frame may leave the server, ms. The
+# default covers what a player's jitter buffer must absorb on a real network (a mobile
+# link's jitter of tens of ms and one lost packet's retransmission on a ~100 ms round trip)
+# while an interrupt leaves at most that much of the old reply in flight (5 frames at 25 fps).
+LEAD_MS = Range(0, 1000, integer=True)
+DEFAULT_LEAD_MS = 200
 # Pads and box: [top, bottom, left, right] pixels; pads are never negative.
 FACE_SIDES = 4
 MIN_PAD = 0

@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Node examples' live client needs `ws` (examples/node/package-lock.json); npm ci runs
+# The Node examples' live client needs `ws` and `jpeg-js` (examples/node/package-lock.json); npm ci runs
 # again only when the lock file changed.
 if ! cmp -s examples/node/package-lock.json examples/node/node_modules/.installed-lock.json; then
     npm ci --prefix examples/node --no-audit --no-fund --loglevel=error

@@ -8,15 +8,22 @@ each mode are written to tests/artifacts/.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import math
 import threading
 import time
 import wave
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
+import websocket
 from helpers import ASSETS, FACE_BOX, ROOT
+
+from lipsync.server.realtime import protocol
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +32,7 @@ FACE_SIZE = 256  # small frames keep the CPU low
 BOX = ",".join(str(v * FACE_SIZE // 512) for v in FACE_BOX)  # the test face is 512x512
 LIVE_FRAMES = 150  # 6 s of frames at 25 fps
 LIVE_FPS = 25  # the page's session fps: frames are drawn on their timestamps, never faster
+LIVE_JPEG_QUALITY = 80  # the page's (live.js)
 TIMEOUT_MS = 120_000
 ID = "document.getElementById"
 
@@ -149,16 +157,74 @@ def test_reply_mode_streams_webm_through_mediasource(page, face_file):
     assert page.problems == []
 
 
-def test_live_mode_draws_every_frame_on_its_timestamp(page, face_file):
+def record_utterance(page) -> list[bytes]:
+    """The PCM the page sends on /api/stream up to its first `interrupt`, filled in as sent."""
+    pcm: list[bytes] = []
+    interrupted = []
+
+    def on_frame(payload: str | bytes) -> None:
+        if isinstance(payload, bytes) and not interrupted:
+            pcm.append(payload)
+        elif isinstance(payload, str) and json.loads(payload)["type"] == "interrupt":
+            interrupted.append(True)
+
+    def on_websocket(ws) -> None:
+        if ws.url.endswith("/api/stream"):
+            ws.on("framesent", on_frame)
+
+    page.on("websocket", on_websocket)
+    return pcm
+
+
+def jpeg_session_frame(web_server, face_file: Path, pcm: bytes, index: int) -> np.ndarray:
+    """Frame `index` of a jpeg-output session over the same face and speech as the page's."""
+    ws = websocket.create_connection(
+        web_server.url.replace("http://", "ws://") + "/api/stream", timeout=120
+    )
+    try:
+        start = {
+            "type": "start",
+            "image": base64.b64encode(face_file.read_bytes()).decode(),
+            "box": [int(v) for v in BOX.split(",")],
+            "audio": {"sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1},
+            "fps": LIVE_FPS,
+            "output": {"format": "jpeg", "jpeg_quality": LIVE_JPEG_QUALITY},
+            "pace": "asap",
+        }
+        ws.send(json.dumps(start))
+        assert json.loads(ws.recv())["type"] == "ready"
+        for offset in range(0, len(pcm), 32000):  # 1 s messages, within the message limit
+            ws.send_binary(pcm[offset : offset + 32000])
+        while True:
+            message = ws.recv()
+            assert isinstance(message, bytes), message
+            kind, frame_index, _, payload = protocol.unpack_message(message)
+            if kind == protocol.FRAME_TYPE_JPEG and frame_index == index:
+                return cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    finally:
+        ws.close()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def test_live_mode_draws_every_frame_on_its_timestamp(page, face_file, web_server):
     """Every frame the session sends is drawn, in order, paced by its timestamp (never
     faster than the session's fps). How fast this CPU renders is bench.realtime's figure,
-    not a test's: on a CPU without AMX one session renders well below 25 fps."""
+    not a test's: on a CPU without AMX one session renders well below 25 fps. The frames
+    come as patch output; the canvas shows what jpeg output gives for the same frame."""
+    pcm = record_utterance(page)
     page.set_input_files("#face-file", str(face_file))  # not registered: sent in `start`
     page.fill("#face-box", BOX)
     page.click("#tab-live")
     page.click("#live-start")
     page.wait_for_function(f"() => lipsync.live.framesDrawn >= {LIVE_FRAMES}")
-    stats = page.evaluate("() => lipsync.live")
+    # The canvas and the index of the frame it shows, read together.
+    stats, canvas = page.evaluate(
+        "() => [{...lipsync.live}, document.querySelector('#live-canvas').toDataURL()]"
+    )
     load = Path("/proc/loadavg").read_text().strip()
     print(f"live figures: {stats} (load average: {load})")
     screenshot(page, "live")
@@ -166,29 +232,27 @@ def test_live_mode_draws_every_frame_on_its_timestamp(page, face_file):
     assert stats["framesDrawn"] >= LIVE_FRAMES and stats["droppedByServer"] == 0
     assert 0 < stats["fpsDrawnAverage"] <= LIVE_FPS * 1.05
     assert stats["latencyP50Ms"] > 0 and stats["delayMs"] > 0
-    # The canvas shows the face (not a blank canvas): the frame's pixels vary.
-    spread = page.evaluate(
-        """() => {
-          const c = document.querySelector('#live-canvas');
-          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-          let min = 255, max = 0;
-          for (let i = 0; i < d.length; i += 4) {
-            min = Math.min(min, d[i]);
-            max = Math.max(max, d[i]);
-          }
-          return [c.width, c.height, max - min];
-        }"""
+    assert stats["basesReceived"] == 1  # an image avatar: its one frame, once
+    print(f"received {stats['bytesReceived'] / stats['framesReceived']:.0f} bytes per frame")
+    drawn = cv2.imdecode(
+        np.frombuffer(base64.b64decode(canvas.split(",")[1]), np.uint8), cv2.IMREAD_COLOR
     )
-    assert spread[:2] == [FACE_SIZE, FACE_SIZE] and spread[2] > 50
+    # The canvas shows the face (not a blank canvas): the frame's pixels vary.
+    assert drawn.shape == (FACE_SIZE, FACE_SIZE, 3) and np.ptp(drawn) > 50
     page.click("#live-interrupt")
-    drawn = page.evaluate("() => lipsync.live.framesDrawn")
+    drawn_before = page.evaluate("() => lipsync.live.framesDrawn")
     page.wait_for_function(
-        f"() => lipsync.live.state === 'live' && lipsync.live.framesDrawn > {drawn + 25}"
+        f"() => lipsync.live.state === 'live' && lipsync.live.framesDrawn > {drawn_before + 25}"
     )
     assert page.evaluate("() => lipsync.live.interrupts") == 1
     page.click("#live-stop")
     assert page.evaluate("() => lipsync.live.state") == "stopped"
     assert page.problems == []
+    # Frames are the same for any chunking of the same speech.
+    expected = jpeg_session_frame(web_server, face_file, b"".join(pcm), stats["lastDrawnIndex"])
+    quality = psnr(drawn, expected)
+    print(f"canvas against the jpeg-output frame {stats['lastDrawnIndex']}: {quality:.1f} dB")
+    assert quality >= 35
 
 
 def test_no_face_error_shows_the_service_message(page, face_file, web_server):

@@ -170,3 +170,21 @@ def test_blend_none_cross_fades_the_whole_box():
     assert (frame[10:50, 20:60] == 100).all()
     frame[10:50, 20:60] = 0
     assert not frame.any()  # nothing outside the box
+
+
+@pytest.mark.parametrize("blend", ["soft", "none"])
+@pytest.mark.parametrize("box", [BOX, (10, 41, 3, 50), (0, 96, 0, 96)])
+def test_paste_changes_nothing_outside_the_pasted_region(blend, box):
+    """What patch output sends (`pasted_region`) covers every pixel the paste changes, and
+    for "soft" starts below the rows the mask keeps."""
+    frame = textured_frame(1)
+    face = np.random.default_rng(2).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    pasted = frame.copy()
+    paste_face(pasted, box, face, crop_of(frame, box), blend)
+    top, bottom, left, right = compositing.pasted_region(box, blend)
+    outside = np.ones(frame.shape[:2], bool)
+    outside[top:bottom, left:right] = False
+    assert np.array_equal(pasted[outside], frame[outside])
+    changed_rows = np.flatnonzero((pasted != frame).any(axis=(1, 2)))
+    assert changed_rows.min() - top <= 2 and bottom - changed_rows.max() <= 4  # and tight
+    assert (top > box[0]) == (blend == "soft")

@@ -16,6 +16,7 @@ from lipsync.limits import (
     FACE_SIDES,
     FPS,
     JPEG_QUALITY,
+    LEAD_MS,
     MIN_PAD,
     SILENCE_FADE_FRAMES,
     SILENCE_THRESHOLD_DB,
@@ -47,6 +48,8 @@ LIMITS: dict[tuple[str, str], float] = {
     ("jpeg_quality", "maximum"): JPEG_QUALITY.maximum,
     ("quality", "minimum"): JPEG_QUALITY.minimum,  # jpeg_quality's old name (deprecated)
     ("quality", "maximum"): JPEG_QUALITY.maximum,
+    ("lead_ms", "minimum"): LEAD_MS.minimum,
+    ("lead_ms", "maximum"): LEAD_MS.maximum,
     ("pads", "minItems"): FACE_SIDES,
     ("pads", "maxItems"): FACE_SIDES,
     ("box", "minItems"): FACE_SIDES,
@@ -152,6 +155,7 @@ ENFORCED = [
     (AUDIO_SAMPLE_RATE_HZ, _start("sample_rate", "audio")),
     (AUDIO_CHANNELS, _start("channels", "audio")),
     (JPEG_QUALITY, _start("jpeg_quality", "output")),
+    (LEAD_MS, _start("lead_ms")),
 ]
 
 

@@ -154,8 +154,9 @@ LIVE = ROOT / "examples" / "node" / "live.mjs"
 NODE_MODULES = ROOT / "examples" / "node" / "node_modules"
 SMALL = 256  # a 256x256 face keeps the CPU low
 needs_ws = pytest.mark.skipif(
-    not (NODE_MODULES / "ws").is_dir(),
-    reason="`ws` is not installed: npm ci --prefix examples/node (scripts/test.sh does that)",
+    not all((NODE_MODULES / name).is_dir() for name in ("ws", "jpeg-js")),
+    reason="`ws` or `jpeg-js` is not installed: npm ci --prefix examples/node "
+    "(scripts/test.sh does that)",
 )
 SMALL_BOX = [v * SMALL // 512 for v in FACE_BOX]
 
@@ -243,33 +244,78 @@ def test_chat_backend_forwards_the_service_errors(chat_server):
     assert error["code"] == "unsupported_audio" and error["message"]
 
 
-def run_live(live_server, avatar_id: str, out_dir: Path) -> subprocess.CompletedProcess:
+def run_live(live_server, avatar_id: str, out_dir: Path, *args: str) -> subprocess.CompletedProcess:
     """live.mjs: test_assets/speech.wav in real time, the frames saved in `out_dir`."""
     speech = str(ASSETS / "speech.wav")
     return run_node(
         str(LIVE), "--url", live_server.url, "--avatar-id", avatar_id, "--audio", speech,
-        "--out-dir", str(out_dir),
+        "--out-dir", str(out_dir), *args,
     )  # fmt: skip
 
 
-@needs_ws
-def test_live_session_saves_every_frame_checked(live_server, avatar_id, tmp_path):
-    out_dir = tmp_path / "frames"
-    result = run_live(live_server, avatar_id, out_dir)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+def saved_frames(out_dir: Path, summary: dict) -> list[np.ndarray]:
+    """The frames live.mjs saved, checked against frames.json and its summary line."""
     frames = json.loads((out_dir / "frames.json").read_text())
     assert summary["frames"] == summary["flushed"] == len(frames) == expected_frames()
     assert summary["dropped"] == 0
     assert [f["index"] for f in frames] == list(range(len(frames)))
     assert [f["pts_ms"] for f in frames] == [round(i * 40) for i in range(len(frames))]
+    images = []
     for frame in frames:
         jpeg = (out_dir / f"{frame['index']:06d}.jpg").read_bytes()
         assert len(jpeg) == frame["bytes"]
-        assert zlib.crc32(jpeg) == frame["crc32"]  # the client checked it against the header
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape == (SMALL, SMALL, 3)
-    print(f"live session: {summary['fps']} fps, latency {summary['latency_ms']} ms")
+        assert zlib.crc32(jpeg) == frame["crc32"]
+        images.append(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+        assert images[-1].shape == (SMALL, SMALL, 3)
+    received = sum(f["received"] for f in frames)
+    assert summary["bytes_per_frame"] == round(summary["bytes_received"] / len(frames))
+    assert summary["bytes_received"] >= received
+    if summary["format"] == "patch":
+        assert {f["base"] for f in frames} == {0}  # an image avatar: one base frame...
+        assert summary["bases"] == 1  # ...received once
+    else:
+        assert summary["bytes_received"] == received
+        assert {f["base"] for f in frames} == {None} and summary["bases"] == 0
+    return images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+@needs_ws
+def test_live_session_saves_every_frame_checked(live_server, avatar_id, tmp_path):
+    """Patch output (the default) composited by the client gives the frames jpeg output
+    gives, within JPEG error, for far fewer bytes."""
+    results = {}
+    for output, args in (("patch", []), ("jpeg", ["--format", "jpeg"])):
+        out_dir = tmp_path / output
+        result = run_live(live_server, avatar_id, out_dir, *args)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["format"] == output
+        results[output] = (summary, saved_frames(out_dir, summary))
+        print(
+            f"live session, {output}: {summary['fps']} fps, latency {summary['latency_ms']} ms, "
+            f"{summary['bytes_per_frame']} bytes per frame ({summary['bitrate_kbps']} kbit/s)"
+        )
+    (patch, composited), (jpeg, whole) = results["patch"], results["jpeg"]
+    worst = min(psnr(a, b) for a, b in zip(composited, whole, strict=True))
+    print(f"composited against whole frames: PSNR >= {worst:.1f} dB")
+    assert worst >= 35
+    assert patch["bytes_per_frame"] < jpeg["bytes_per_frame"] / 3
+
+
+@needs_ws
+def test_live_format_must_be_patch_or_jpeg(tmp_path):
+    speech = str(ASSETS / "speech.wav")
+    result = run_node(
+        str(LIVE), "--avatar-id", "0" * 32, "--audio", speech, "--out-dir", str(tmp_path),
+        "--format", "webm",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--format must be patch or jpeg" in result.stderr and "usage:" in result.stderr
 
 
 @needs_ws

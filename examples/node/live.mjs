@@ -1,19 +1,24 @@
 #!/usr/bin/env node
-// A live session (Node 20+ and the `ws` package: `npm ci` in this directory): a WAV file is
-// sent to the WebSocket /api/stream in real time, 40 ms per message, and every frame that
-// comes back is checked (header, length, CRC-32) and saved as a JPEG.
+// A live session (Node 20+ and the packages `ws` and `jpeg-js`: `npm ci` in this directory): a
+// WAV file is sent to the WebSocket /api/stream in real time, 40 ms per message, and every
+// message that comes back is checked (header, length, CRC-32). With patch output (the
+// default) the avatar's frames come once and each frame as a patch over one of them, which
+// is composited here into the full frame; with `--format jpeg` each frame comes whole.
 //
 //   node examples/node/live.mjs (--avatar-id ID | --image FACE [--box t,b,l,r]) \
-//       --audio SPEECH.wav --out-dir frames/ [--chunk-ms 40] [--url URL] [--api-key KEY]
+//       --audio SPEECH.wav --out-dir frames/ [--format patch|jpeg] [--chunk-ms 40] [--url URL]
+//       [--api-key KEY]
 //
-// Writes OUT_DIR/000000.jpg, ... and OUT_DIR/frames.json ([{index, pts_ms, bytes, crc32,
-// latency_ms}]); prints one JSON line: {frames, flushed, fps, latency_ms: {p50, p95, max}, ...}.
+// Writes OUT_DIR/000000.jpg, ... (full frames either way) and OUT_DIR/frames.json ([{index,
+// pts_ms, bytes, crc32, received, base, latency_ms}]); prints one JSON line: {frames,
+// flushed, fps, latency_ms: {p50, p95, max}, bytes_per_frame, bitrate_kbps, bases, ...}.
 // Exit codes: 0 ok, 1 session failed (an error message, a bad frame, an unexpected close), 2 usage.
 
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { crc32 } from "node:zlib";
 
+import jpegJs from "jpeg-js";
 import WebSocket from "ws";
 
 import { parseCommon, runCli } from "./cli.mjs";
@@ -21,19 +26,83 @@ import { DEFAULT_URL, LipSyncError, serviceUrl } from "./generate.mjs";
 
 const HEADER_BYTES = 24; // <4sBBHIIII>: magic, type, reserved, reserved, index, pts_ms, length, crc32
 const MAGIC = "LSRT";
-const TYPE_JPEG = 1;
+const TYPE_JPEG = 1; // a speech frame's JPEG
+const TYPE_BASE = 4; // patch output: a frame of the avatar (index: its number), once
+const TYPE_PATCH = 5; // patch output: a speech frame as a patch over a base frame
+const PATCH_HEADER_BYTES = 12; // <IHHHH>: base frame, x, y, width, height; then the JPEG
+const COMPOSITE_QUALITY = 95; // composited frames are encoded again: keep that loss small
 
-/** {index, ptsMs, jpeg} of a binary frame message; throws LipSyncError if it is malformed. */
-export function unpackFrame(message) {
+/** {type, index, ptsMs, payload} of a binary message; throws LipSyncError if it is malformed. */
+export function unpackMessage(message) {
   if (message.length < HEADER_BYTES) throw new LipSyncError("bad_frame", "frame shorter than its header");
+  const type = message.readUInt8(4);
   const length = message.readUInt32LE(16);
-  const jpeg = message.subarray(HEADER_BYTES);
-  if (message.toString("latin1", 0, 4) !== MAGIC || message.readUInt8(4) !== TYPE_JPEG) {
+  const payload = message.subarray(HEADER_BYTES);
+  if (message.toString("latin1", 0, 4) !== MAGIC || ![TYPE_JPEG, TYPE_BASE, TYPE_PATCH].includes(type)) {
     throw new LipSyncError("bad_frame", "frame with a bad magic or type");
   }
-  if (jpeg.length !== length) throw new LipSyncError("bad_frame", `frame of ${jpeg.length} bytes, header says ${length}`);
-  if (crc32(jpeg) !== message.readUInt32LE(20)) throw new LipSyncError("bad_frame", "frame CRC mismatch");
-  return { index: message.readUInt32LE(8), ptsMs: message.readUInt32LE(12), jpeg };
+  if (payload.length !== length) throw new LipSyncError("bad_frame", `frame of ${payload.length} bytes, header says ${length}`);
+  if (crc32(payload) !== message.readUInt32LE(20)) throw new LipSyncError("bad_frame", "frame CRC mismatch");
+  return { type, index: message.readUInt32LE(8), ptsMs: message.readUInt32LE(12), payload };
+}
+
+/** {base, x, y, width, height, jpeg} of a patch payload (width 0: no JPEG, the base as it is). */
+export function unpackPatch(payload) {
+  if (payload.length < PATCH_HEADER_BYTES) throw new LipSyncError("bad_frame", "patch shorter than its header");
+  const patch = {
+    base: payload.readUInt32LE(0),
+    x: payload.readUInt16LE(4),
+    y: payload.readUInt16LE(6),
+    width: payload.readUInt16LE(8),
+    height: payload.readUInt16LE(10),
+    jpeg: payload.subarray(PATCH_HEADER_BYTES),
+  };
+  if (!patch.width !== !patch.jpeg.length) {
+    throw new LipSyncError("bad_frame", "a patch has a JPEG exactly when its width is not 0");
+  }
+  return patch;
+}
+
+/**
+ * The base frames of a patch session, by avatar frame, as their JPEGs; composite() makes a
+ * patch's full frame. Only the last base used is kept decoded: an image avatar's one frame
+ * is decoded once, a video avatar's are not all held as pixels.
+ */
+export class Compositor {
+  constructor() {
+    this.bases = new Map(); // avatar frame -> its JPEG
+    this.decoded = null; // {index, image} of the last base used
+  }
+
+  addBase(index, jpeg) {
+    this.bases.set(index, Buffer.from(jpeg));
+  }
+
+  /** The JPEG of the full frame a patch (unpackPatch's result, over a base added) stands for. */
+  composite({ base, x, y, width, height, jpeg }) {
+    const baseJpeg = this.bases.get(base);
+    if (!width) return baseJpeg;
+    if (this.decoded?.index !== base) this.decoded = { index: base, image: decodeRgba(baseJpeg) };
+    const { image } = this.decoded;
+    const piece = decodeRgba(jpeg);
+    if (piece.width !== width || piece.height !== height || x + width > image.width || y + height > image.height) {
+      throw new LipSyncError("bad_frame", `patch ${width}x${height} at (${x}, ${y}) does not fit its JPEG or frame`);
+    }
+    const pixels = Buffer.from(image.data); // a copy: the base stays as it came
+    const rowBytes = 4 * width;
+    for (let row = 0; row < height; row++) {
+      pixels.set(piece.data.subarray(row * rowBytes, (row + 1) * rowBytes), 4 * ((y + row) * image.width + x));
+    }
+    return jpegJs.encode({ data: pixels, width: image.width, height: image.height }, COMPOSITE_QUALITY).data;
+  }
+}
+
+function decodeRgba(jpeg) {
+  try {
+    return jpegJs.decode(jpeg, { useTArray: true, formatAsRGBA: true });
+  } catch (err) {
+    throw new LipSyncError("bad_frame", `undecodable JPEG: ${err.message}`);
+  }
 }
 
 /** The PCM of a WAV file: {format: {sample_rate, encoding, channels}, data: Buffer}. */
@@ -69,16 +138,31 @@ function percentile(values, q) {
 
 /**
  * Run one session: send `wav` (readWav's result) in real time, flush, and collect the
- * frames. onFrame({index, ptsMs, jpeg, latencyMs}) is called for each. Resolves to
- * {ready, flushed, dropped}; rejects with LipSyncError.
+ * frames. `format`: "patch" (base frames once, then patches) or "jpeg" (every frame whole).
+ * onBase({index, jpeg}) is called for each base frame, onFrame({index, ptsMs, jpeg, patch,
+ * received, latencyMs}) for each frame: `jpeg` the whole frame (jpeg format) or `patch`
+ * unpackPatch's result over a base already received (patch format), `received` the bytes of
+ * its message. Resolves to {ready, flushed, dropped, bytesReceived (every binary message,
+ * bases included), bases (the base frames received, in order)}; rejects with LipSyncError.
  */
-export function liveSession({ url = process.env.LIPSYNC_URL || DEFAULT_URL, face, wav, chunkMs = 40, apiKey, onFrame }) {
+export function liveSession({
+  url = process.env.LIPSYNC_URL || DEFAULT_URL,
+  face,
+  wav,
+  format = "patch",
+  chunkMs = 40,
+  apiKey,
+  onBase = () => {},
+  onFrame,
+}) {
   const wsUrl = serviceUrl(url, "api/stream");
   wsUrl.protocol = wsUrl.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(wsUrl, { headers: apiKey ? { "X-API-Key": apiKey } : {} });
-  const { format, data } = wav;
-  const frameBytes = (format.encoding === "f32le" ? 4 : 2) * format.channels;
-  const chunkBytes = frameBytes * Math.round((format.sample_rate * chunkMs) / 1000);
+  const { format: audio, data } = wav;
+  const frameBytes = (audio.encoding === "f32le" ? 4 : 2) * audio.channels;
+  const chunkBytes = frameBytes * Math.round((audio.sample_rate * chunkMs) / 1000);
+  const bases = [];
+  let bytesReceived = 0;
   let started = 0;
   let dropped = 0;
   let ready = null;
@@ -94,6 +178,22 @@ export function liveSession({ url = process.env.LIPSYNC_URL || DEFAULT_URL, face
     ws.send(JSON.stringify({ type: "flush" }));
   }
 
+  function receive(message) {
+    bytesReceived += message.length;
+    const { type, index, ptsMs, payload } = unpackMessage(message);
+    if (type === TYPE_BASE) {
+      bases.push(index);
+      onBase({ index, jpeg: payload });
+      return;
+    }
+    const latencyMs = performance.now() - started - ptsMs;
+    const patch = type === TYPE_PATCH ? unpackPatch(payload) : null;
+    if (patch && !bases.includes(patch.base)) {
+      throw new LipSyncError("bad_frame", `patch over base frame ${patch.base}, which never came`);
+    }
+    onFrame({ index, ptsMs, jpeg: patch ? null : payload, patch, received: message.length, latencyMs });
+  }
+
   return new Promise((resolve, reject) => {
     ws.on("unexpected-response", async (_request, response) => {
       const parts = [];
@@ -107,12 +207,11 @@ export function liveSession({ url = process.env.LIPSYNC_URL || DEFAULT_URL, face
       reject(new LipSyncError(error.code ?? `http_${response.statusCode}`, error.message ?? "upgrade refused", { status: response.statusCode }));
     });
     ws.on("error", (err) => reject(new LipSyncError("unreachable", err.message)));
-    ws.on("open", () => ws.send(JSON.stringify({ type: "start", ...face, audio: format, protocol: "binary" })));
+    ws.on("open", () => ws.send(JSON.stringify({ type: "start", ...face, audio, output: { format }, protocol: "binary" })));
     ws.on("message", (message, isBinary) => {
       if (isBinary) {
         try {
-          const frame = unpackFrame(message);
-          onFrame({ ...frame, latencyMs: performance.now() - started - frame.ptsMs });
+          receive(message);
         } catch (err) {
           ws.terminate();
           reject(err);
@@ -129,7 +228,7 @@ export function liveSession({ url = process.env.LIPSYNC_URL || DEFAULT_URL, face
         reject(new LipSyncError(event.code, event.message));
       } else if (event.type === "flushed") {
         ws.send(JSON.stringify({ type: "end" }));
-        resolve({ ready, flushed: event.frames, dropped });
+        resolve({ ready, flushed: event.frames, dropped, bytesReceived, bases });
       }
     });
     ws.on("close", (code, reason) => {
@@ -142,12 +241,17 @@ export function liveSession({ url = process.env.LIPSYNC_URL || DEFAULT_URL, face
 
 const USAGE =
   "usage: node live.mjs (--avatar-id ID | --image FACE [--box t,b,l,r]) --audio SPEECH.wav " +
-  "--out-dir DIR [--chunk-ms 40] [--url URL] [--api-key KEY]";
+  "--out-dir DIR [--format patch|jpeg] [--chunk-ms 40] [--url URL] [--api-key KEY]";
 
 function parseCli(argv) {
-  const options = { "out-dir": { type: "string" }, "chunk-ms": { type: "string", default: "40" } };
+  const options = {
+    "out-dir": { type: "string" },
+    format: { type: "string", default: "patch" },
+    "chunk-ms": { type: "string", default: "40" },
+  };
   const values = parseCommon(argv, options, ["audio", "out-dir"]);
   if (values === null) return null;
+  if (!["patch", "jpeg"].includes(values.format)) throw new Error("--format must be patch or jpeg");
   const chunkMs = Number(values["chunk-ms"]);
   if (!(chunkMs >= 10 && chunkMs <= 1000)) throw new Error("--chunk-ms must be 10..1000");
   return { ...values, chunkMs };
@@ -162,27 +266,43 @@ async function main(args) {
   await mkdir(outDir, { recursive: true });
   const frames = [];
   const writes = [];
+  const save = (frame, jpeg) => {
+    Object.assign(frame, { bytes: jpeg.length, crc32: crc32(jpeg) });
+    writes.push(writeFile(path.join(outDir, `${String(frame.index).padStart(6, "0")}.jpg`), jpeg));
+  };
+  const compositor = new Compositor();
+  // Composited once the session is over: jpeg-js takes tens of ms to encode a frame, which
+  // would hold up the audio being sent in real time.
+  const patches = [];
   const started = performance.now();
-  const { ready, flushed, dropped } = await liveSession({
+  const { ready, flushed, dropped, bytesReceived, bases } = await liveSession({
     url: args.url,
     face,
     wav,
+    format: args.format,
     chunkMs: args.chunkMs,
     apiKey: args.apiKey ?? process.env.LIPSYNC_API_KEY,
-    onFrame: ({ index, ptsMs, jpeg, latencyMs }) => {
-      frames.push({ index, pts_ms: ptsMs, bytes: jpeg.length, crc32: crc32(jpeg), latency_ms: Math.round(latencyMs) });
-      writes.push(writeFile(path.join(outDir, `${String(index).padStart(6, "0")}.jpg`), jpeg));
+    onBase: ({ index, jpeg }) => compositor.addBase(index, jpeg),
+    onFrame: ({ index, ptsMs, jpeg, patch, received, latencyMs }) => {
+      const base = patch?.base ?? null;
+      const frame = { index, pts_ms: ptsMs, bytes: 0, crc32: 0, received, base, latency_ms: Math.round(latencyMs) };
+      frames.push(frame);
+      if (patch) patches.push({ frame, patch });
+      else save(frame, jpeg);
     },
   });
+  const seconds = (performance.now() - started) / 1000;
+  for (const { frame, patch } of patches) save(frame, compositor.composite(patch));
   await Promise.all(writes);
   await writeFile(path.join(outDir, "frames.json"), JSON.stringify(frames));
-  const seconds = (performance.now() - started) / 1000;
   const latencies = frames.map((f) => f.latency_ms);
+  const bytesPerFrame = frames.length ? bytesReceived / frames.length : null;
   console.log(
     JSON.stringify({
       session_id: ready.session_id,
       width: ready.width,
       height: ready.height,
+      format: args.format,
       frames: frames.length,
       flushed,
       dropped,
@@ -190,6 +310,10 @@ async function main(args) {
       latency_ms: latencies.length
         ? { p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95), max: Math.max(...latencies) }
         : null,
+      bytes_received: bytesReceived,
+      bytes_per_frame: bytesPerFrame && Math.round(bytesPerFrame),
+      bitrate_kbps: bytesPerFrame && Math.round((bytesPerFrame * 8 * ready.fps) / 1000), // played at the session's fps
+      bases: bases.length,
       out_dir: outDir,
     }),
   );

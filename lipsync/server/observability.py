@@ -62,7 +62,8 @@ REALTIME_FRAMES_DROPPED = Counter(
 )
 REALTIME_FRAME_SECONDS = Histogram(
     "lipsync_realtime_frame_seconds",
-    "From the audio completing a frame's window to the frame's send",
+    "From the audio completing a frame's window to the frame's send, less any wait for its "
+    "paced send time",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2),
 )
 REALTIME_BATCH_FRAMES = Histogram(

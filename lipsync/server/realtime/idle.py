@@ -18,7 +18,7 @@ import numpy as np
 
 from lipsync.faces import frame_order
 from lipsync.server.offload import run_in_thread
-from lipsync.server.realtime.outputs import JpegOutput, WebmOutput
+from lipsync.server.realtime.outputs import LiveOutput
 from lipsync.server.realtime.writer import Writer
 
 # Speech frames come at fps while the speech flows; a gap of this many frame intervals
@@ -50,7 +50,7 @@ class IdleLoop:
         self,
         frames: np.ndarray,
         fps: float,
-        output: JpegOutput | WebmOutput,
+        output: LiveOutput,
         writer: Writer,
         timeline: Timeline,
         producing: threading.Lock,

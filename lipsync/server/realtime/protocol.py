@@ -7,7 +7,14 @@ base64 PCM) and JSON controls (`flush`, `interrupt`, `ping`, `end`).
 Server -> client: JSON `ready`, `pong`, `flushed`, `interrupted`, `dropped`, `error`, and
 each frame either as a binary message (FRAME_HEADER + JPEG; header type 1 speech, 2 idle)
 or as a JSON `frame` (`idle` true for idle frames); with `output.format` "webm", one live
-WebM stream instead, in binary messages of header type 3 (or JSON `webm`).
+WebM stream instead, in binary messages of header type 3 (or JSON `webm`); with "patch",
+each frame of the avatar once (type 4, JSON `base`) and then per frame only the region the
+lips changed (type 5 speech, 6 idle: PATCH_HEADER + JPEG; JSON `patch`), drawn by the
+client over its base frame.
+
+Pacing (`pace`): "realtime" (the default) sends each speech frame no earlier than
+`lead_ms` before its presentation time on the utterance's clock, so an `interrupt` finds
+the rest of the reply still in the server; "asap" sends frames as soon as they are made.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from lipsync.limits import (
     AUDIO_CHANNELS,
     AUDIO_SAMPLE_RATE_HZ,
+    DEFAULT_LEAD_MS,
     FPS,
     JPEG_QUALITY,
+    LEAD_MS,
     SILENCE_THRESHOLD_DB,
 )
 from lipsync.options import GENERATOR_NAMES
@@ -36,13 +45,27 @@ FRAME_MAGIC = b"LSRT"
 FRAME_TYPE_JPEG = 1  # a lip-synced frame: index and pts within the utterance
 FRAME_TYPE_IDLE_JPEG = 2  # idle mode: the avatar's own frame; index and pts in the session
 FRAME_TYPE_WEBM = 3  # webm output: the next bytes of the session's one WebM stream
+FRAME_TYPE_BASE = 4  # patch output: a frame of the avatar, sent once, kept by the client
+FRAME_TYPE_PATCH = 5  # patch output: a speech frame as a patch over its base frame
+FRAME_TYPE_IDLE_PATCH = 6  # patch output: an idle frame (the base frame as it is)
 FRAME_TYPES = {
     FRAME_TYPE_JPEG: "JPEG frame of speech (index, pts_ms: within the utterance)",
     FRAME_TYPE_IDLE_JPEG: "JPEG idle frame, the avatar's own (index: idle frames of the "
     "session from 0; pts_ms: since `ready`)",
     FRAME_TYPE_WEBM: "WebM bytes (append to a MediaSource SourceBuffer; index: video frames "
     "in the stream after this chunk, pts_ms: media time they reach)",
+    FRAME_TYPE_BASE: "JPEG of a frame of the avatar (index: the avatar frame, which patches "
+    "name as their base; pts_ms: 0): sent once, before the first patch over it; keep it for "
+    "the session",
+    FRAME_TYPE_PATCH: "a speech frame as a patch (index, pts_ms: as type 1): PATCH_HEADER "
+    "(base frame, x, y, width, height) then a JPEG of that rectangle, drawn over the base "
+    "frame; width 0 and no JPEG: the base frame as it is (e.g. the silence gate)",
+    FRAME_TYPE_IDLE_PATCH: "an idle frame as a patch (index, pts_ms: as type 2): PATCH_HEADER "
+    "naming the base frame, width 0, no JPEG",
 }
+# The payload of a patch message (types 5 and 6) starts with: the base frame's index, then
+# the rectangle (x, y, width, height) in pixels of the frame that the JPEG after it covers.
+PATCH_HEADER = struct.Struct("<IHHHH")
 
 # WebSocket subprotocols: a browser (which cannot set headers on a WebSocket) offers
 # [SUBPROTOCOL, KEY_SUBPROTOCOL_PREFIX + key]; the server answers SUBPROTOCOL when the key
@@ -99,17 +122,19 @@ def _old_jpeg_quality(schema: dict[str, Any]) -> None:
 class Output(_Message):
     model_config = ConfigDict(json_schema_extra=_old_jpeg_quality)
 
-    format: Literal["jpeg", "webm"] = Field(
+    format: Literal["jpeg", "webm", "patch"] = Field(
         default="jpeg",
         description="jpeg: a message per frame; webm: one live WebM stream (VP9 + Opus, the "
-        "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`)",
+        "speech muxed in) for MediaSource, in binary messages of type 3 (JSON `webm`); "
+        "patch: each avatar frame once (type 4, JSON `base`), then per frame a JPEG of the "
+        "region the lips changed (types 5 and 6, JSON `patch`), a tenth of the bytes",
     )
     jpeg_quality: int = Field(
         default=85,
         ge=JPEG_QUALITY.minimum,
         le=JPEG_QUALITY.maximum,
-        description="JPEG quality of the frames (jpeg format); `quality` is its old name, "
-        "still accepted (not both)",
+        description="JPEG quality of the frames (jpeg and patch formats); `quality` is its "
+        "old name, still accepted (not both)",
     )
 
     @model_validator(mode="before")
@@ -148,6 +173,19 @@ class Start(_Message):
     model: Model = LIBRARY_DEFAULTS.model
     output: Output = Output()
     protocol: Literal["binary", "json"] = "binary"
+    pace: Literal["realtime", "asap"] = Field(
+        default="realtime",
+        description="realtime: each speech frame leaves no earlier than lead_ms before its "
+        "presentation time (the utterance's clock starts with its first frame), so an "
+        "interrupt drops the rest of a reply fed faster than real time; asap: as soon as made",
+    )
+    lead_ms: int = Field(
+        default=DEFAULT_LEAD_MS,
+        ge=LEAD_MS.minimum,
+        le=LEAD_MS.maximum,
+        description="realtime pace: how long before its presentation time a frame may leave "
+        "(the client's jitter buffer)",
+    )
     silence_gate: bool = Field(
         default=LIBRARY_DEFAULTS.silence_gate,
         description="frames whose 0.2 s audio window is silent are the avatar's own, "
@@ -247,6 +285,31 @@ class WebmChunk(_Message):
     data: str = Field(description="base64 WebM bytes: append them in order")
 
 
+class Base(_Message):
+    """patch output in the JSON protocol: a frame of the avatar (binary: type 4)."""
+
+    type: Literal["base"] = "base"
+    index: int = Field(description="the avatar frame; patches name it as their base")
+    data: str = Field(description="base64 JPEG")
+
+
+class Patch(_Message):
+    """patch output in the JSON protocol: a frame as a patch over a base frame (binary:
+    types 5 and 6)."""
+
+    type: Literal["patch"] = "patch"
+    index: int = Field(description="as in `frame`")
+    pts_ms: int = Field(description="as in `frame`")
+    processing_ms: float = Field(description="from the audio completing it to sending")
+    base: int = Field(description="the base frame it is drawn over")
+    x: int
+    y: int
+    width: int = Field(description="0: no JPEG, the base frame as it is")
+    height: int
+    data: str = Field(description="base64 JPEG of the rectangle (empty when width is 0)")
+    idle: bool = Field(default=False, description="an idle frame, as in `frame`")
+
+
 class Pong(_Message):
     type: Literal["pong"] = "pong"
     id: int | str | None = None
@@ -277,7 +340,16 @@ class ErrorMessage(_Message):
 
 
 ServerMessage = Annotated[
-    Ready | Frame | WebmChunk | Pong | Flushed | Interrupted | Dropped | ErrorMessage,
+    Ready
+    | Frame
+    | WebmChunk
+    | Base
+    | Patch
+    | Pong
+    | Flushed
+    | Interrupted
+    | Dropped
+    | ErrorMessage,
     Field(discriminator="type"),
 ]
 
@@ -300,6 +372,22 @@ def unpack_message(message: bytes) -> tuple[int, int, int, bytes]:
     if zlib.crc32(payload) & 0xFFFFFFFF != crc:
         raise ValueError("CRC mismatch")
     return kind, index, pts_ms, payload
+
+
+def pack_patch(base: int, rect: tuple[int, int, int, int], jpeg: bytes) -> bytes:
+    """The payload of a patch message: PATCH_HEADER (base, x, y, width, height) + JPEG."""
+    return PATCH_HEADER.pack(base, *rect) + jpeg
+
+
+def unpack_patch(payload: bytes) -> tuple[int, tuple[int, int, int, int], bytes]:
+    """(base, (x, y, width, height), jpeg) of a patch payload; ValueError if malformed."""
+    if len(payload) < PATCH_HEADER.size:
+        raise ValueError("shorter than the patch header")
+    base, *rect = PATCH_HEADER.unpack_from(payload)
+    jpeg = payload[PATCH_HEADER.size :]
+    if (rect[2] == 0) != (not jpeg):
+        raise ValueError("a patch has a JPEG exactly when its width is not 0")
+    return base, (rect[0], rect[1], rect[2], rect[3]), jpeg
 
 
 def unpack_frame(message: bytes) -> tuple[int, int, bytes]:
@@ -338,6 +426,12 @@ def protocol_document() -> dict[str, Any]:
                 "magic": FRAME_MAGIC.decode(),
                 "types": {str(kind): meaning for kind, meaning in FRAME_TYPES.items()},
                 "size": FRAME_HEADER.size,
+                "patch_header": {
+                    "struct": PATCH_HEADER.format,
+                    "fields": ["base", "x", "y", "width", "height"],
+                    "size": PATCH_HEADER.size,
+                    "in": "the payload of types 5 and 6, before the JPEG",
+                },
             },
         },
         "subprotocols": {

@@ -32,7 +32,7 @@ from lipsync.server.openapi import errors, operation
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime import sock_transport
 from lipsync.server.realtime.batcher import FrameBatcher
-from lipsync.server.realtime.outputs import JpegOutput, WebmOutput, make_output
+from lipsync.server.realtime.outputs import LiveOutput, make_output
 from lipsync.server.realtime.session import (
     PEER_GONE,
     SERVER_ERROR,
@@ -227,15 +227,12 @@ def _open(ws: LiveTransport, svc: Service, batcher: FrameBatcher, slot: LiveSlot
     return Session(ws, start, face, output, settings)
 
 
-def _ready(
-    svc: Service, start: p.Start, batcher: FrameBatcher
-) -> tuple[SessionFace, JpegOutput | WebmOutput]:
+def _ready(svc: Service, start: p.Start, batcher: FrameBatcher) -> tuple[SessionFace, LiveOutput]:
     """The session's face (features encoded once) and output encoder (native thread)."""
     prepared, options = _face(svc, start)
     starter = batcher.starter(svc.engine, prepared, options.model)
     face = SessionFace(svc.engine, prepared, options, start.audio.sample_rate, starter)
-    height, width = prepared.frames.shape[1:3]
-    return face, make_output(start, options.fps, width, height)
+    return face, make_output(start, options.fps, prepared, options.blend)
 
 
 def _face(svc: Service, start: p.Start) -> tuple[PreparedFace, RenderOptions]:

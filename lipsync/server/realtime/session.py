@@ -8,12 +8,14 @@ Loops, each on its own greenlet under gevent (native threads under gthread):
   utterance's LiveLipSync (inference through the worker's shared batcher, `batcher.py`)
   and encodes the frames (`outputs.py`: JPEG, or the session's WebM stream), on a native
   thread (run_in_thread);
-- the writer (`writer.py`): the only one sending, a bounded frame queue, backpressure;
+- the writer (`writer.py`): the only one sending, a bounded frame queue, backpressure,
+  and the pace of speech frames (`pacing.py`: with pace "realtime" a reply rendered ahead
+  waits in that queue until lead_ms before each frame's time);
 - in idle mode, the idle loop (`idle.py`): the avatar's own frames while no speech flows.
 
 `interrupt` bumps the utterance epoch: queued audio and frames are dropped at once and a
 render in flight is discarded when it returns, so no frame of the old speech follows the
-`interrupted` message.
+`interrupted` message (and, paced, at most the lead's worth went before it).
 
 State shared by the loops (the epoch, the audio queue and its length, how the session
 ends) is read and written under the session's lock, the writer's queue under its own, the
@@ -38,14 +40,15 @@ import pydantic
 
 from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.errors import InvalidInputError, LipSyncError
-from lipsync.faces import PreparedFace
+from lipsync.faces import PreparedFace, frame_order
 from lipsync.live import LiveLipSync
 from lipsync.options import RenderOptions
 from lipsync.server import observability as obs
 from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.idle import IdleLoop, Timeline
-from lipsync.server.realtime.outputs import JpegOutput, Outgoing, WebmOutput
+from lipsync.server.realtime.outputs import LiveOutput, Outgoing, WebmOutput
+from lipsync.server.realtime.pacing import Pacer
 from lipsync.server.realtime.transport import LiveTransport, TransportClosed
 from lipsync.server.realtime.writer import ROOM_POLL_S, SessionClosed, Writer
 from lipsync.serving.payloads import decode_base64
@@ -58,8 +61,9 @@ logger = logging.getLogger(__name__)
 # How often the reading loop wakes to check its time limits.
 TICK_S = 0.5
 # Audio waiting to be rendered beyond this many seconds: the client sends faster than real
-# time can be rendered for too long, and the session is closed.
-MAX_PENDING_AUDIO_S = 30.0
+# time can be rendered (or, paced, played) for too long, and the session is closed. A TTS
+# reply sent at once waits here while its frames are paced: a minute of it is allowed.
+MAX_PENDING_AUDIO_S = 60.0
 # Audio rendered at most in one go (when behind, or fed faster than real time): its frames
 # are sent before the next part is taken, so the first ones never wait for a long render.
 MAX_RENDER_S = 0.64
@@ -88,6 +92,7 @@ class SessionFace:
 @dataclass
 class _Rendered:
     epoch: int
+    utterance: int
     items: list[Outgoing]
     frames: int
     received: float  # when the audio completing these frames arrived (perf_counter)
@@ -134,7 +139,7 @@ class Session:
         transport: LiveTransport,
         start: p.Start,
         face: SessionFace,
-        output: JpegOutput | WebmOutput,
+        output: LiveOutput,
         settings: Settings,
     ) -> None:
         self.start = start
@@ -146,13 +151,16 @@ class Session:
         self._fps = face.options.fps
         self._lock = threading.Lock()  # _epoch, _audio, _pending_samples, _closing
         self._epoch = 0
+        self._utterance = 0  # counts the session's utterances (the pacing clock's key)
         # (samples or None for a flush, perf_counter when received): the current epoch's
         self._audio: collections.deque[tuple[np.ndarray | None, float]] = collections.deque()
         self._pending_samples = 0
         self._audio_ready = threading.Event()
         self._producing = threading.Lock()  # held while frames are encoded and queued
         self._timeline = Timeline()
-        self.writer = Writer(transport, settings.realtime_send_buffer_frames)
+        lead_s = start.lead_ms / 1000 if start.pace == "realtime" else None
+        pacer = Pacer(lead_s, 1.0 / self._fps)
+        self.writer = Writer(transport, settings.realtime_send_buffer_frames, pacer)
         self._closing: SessionClosed | None = None
         self._done = False
 
@@ -170,6 +178,7 @@ class Session:
                 mime_type=self._output.mime_type,
             )
         )
+        self.writer.frames(self._output.opening(), time.perf_counter())
         loops = [self._render_loop, self.writer.loop]
         if self.start.idle:
             idle = IdleLoop(
@@ -204,7 +213,8 @@ class Session:
             now = time.monotonic()
             if message is not None:
                 self._handle(message)
-            if message is not None or self._audio or self._producing.locked():
+            busy = self._audio or self._producing.locked() or self.writer.pending_frames
+            if message is not None or busy:
                 last_heard = now  # a client waiting for its frames is not idle
             self._check_limits(now, started, last_heard)
 
@@ -286,12 +296,16 @@ class Session:
 
     # -- rendering ---------------------------------------------------------------------
 
+    def _new_live(self) -> LiveLipSync:
+        self._utterance += 1
+        return self._face.new_live()
+
     def _render_loop(self) -> None:
-        live, epoch = self._face.new_live(), self._epoch
+        live, epoch = self._new_live(), self._epoch
         while not self._done:
             if self._epoch != epoch:  # interrupted: a fresh utterance
                 self._end_utterance(live)
-                live, epoch = self._face.new_live(), self._epoch
+                live, epoch = self._new_live(), self._epoch
             taken = self._take_audio(epoch)
             if taken is None:
                 self._audio_ready.wait(TICK_S)
@@ -303,7 +317,7 @@ class Session:
                 self._deliver(rendered)
             if flush:
                 self._end_utterance(live)
-                live = self._face.new_live()
+                live = self._new_live()
 
     def _end_utterance(self, live: LiveLipSync) -> None:
         """The next frames continue a video avatar's loop (idle mode) after this one."""
@@ -349,9 +363,13 @@ class Session:
             except LipSyncError as exc:  # shorter than one mel window
                 error = exc
         made = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-        items = self._output.speech(made, first, received) if len(made) else []
+        items = []
+        if len(made):
+            shown = live.first_frame + live.num_frames
+            sources = frame_order(shown, self._face.prepared.num_frames)[shown - len(made) :]
+            items = self._output.speech(made, first, received, sources)
         flushed = live.num_frames if flush else None
-        return _Rendered(epoch, items, len(made), received, flushed, error)
+        return _Rendered(epoch, self._utterance, items, len(made), received, flushed, error)
 
     def _deliver(self, rendered: _Rendered) -> None:
         if self._done:
@@ -360,7 +378,7 @@ class Session:
             self._timeline.last_speech_at = time.monotonic()
         # Interrupted meanwhile: its JPEGs are of dropped speech (WebM bytes still go).
         current = functools.partial(self._current, rendered)
-        self.writer.frames(rendered.items, rendered.received, current)
+        self.writer.frames(rendered.items, rendered.received, current, rendered.utterance)
         if rendered.error is not None:
             code = rendered.error.code.code
             self.writer.json(p.ErrorMessage(code=code, message=str(rendered.error)), current)

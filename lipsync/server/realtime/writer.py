@@ -7,6 +7,12 @@ counted and reported in a `dropped` message; WebM chunks are never dropped (a ga
 break the stream): their producer waits for room instead. `stalled_for` lets the session
 close a reader that takes nothing for too long.
 
+Speech frames are paced (`pacing.Pacer`): the loop holds a frame at the head of the queue
+until its send time (woken early by anything queued or dropped meanwhile), so with pace
+"realtime" the queue is where a reply fed faster than real time waits, and `interrupt`
+drops it there. A `pong` goes ahead of waiting frames (it measures the round trip, not the
+pacing); every other message keeps its place.
+
 The queue has its own lock: the renderer and the idle loop add frames, the reading loop
 adds controls and drops frames (interrupt), the writer's loop takes them, each possibly
 on its own thread (gthread worker). `frames` and `json` take a `valid` check that runs
@@ -26,6 +32,8 @@ import pydantic
 
 from lipsync.server import observability as obs
 from lipsync.server.realtime import protocol as p
+from lipsync.server.realtime.outputs import Outgoing
+from lipsync.server.realtime.pacing import Pacer
 from lipsync.server.realtime.transport import LiveTransport
 
 # How long the writer's loop sleeps when there is nothing to send.
@@ -55,14 +63,19 @@ class _Item:
     frame: bool  # a frame or WebM chunk (counted, bounded); else a control message
     droppable: bool
     received: float  # perf_counter when the audio completing it arrived
+    utterance: int = 0
+    pts_s: float | None = None  # presentation time in the utterance: a paced frame
+    queued: float = 0.0  # perf_counter when queued
+    due: float = 0.0  # perf_counter when it may be sent
 
 
 class Writer:
     """Sends a transport's messages, in order, from its own loop (`loop`)."""
 
-    def __init__(self, transport: LiveTransport, buffer_frames: int) -> None:
+    def __init__(self, transport: LiveTransport, buffer_frames: int, pacer: Pacer) -> None:
         self.transport = transport
         self._buffer_frames = buffer_frames
+        self._pacer = pacer
         self._out: collections.deque[_Item] = collections.deque()
         self._frames = 0  # frames in _out
         self._lock = threading.Lock()  # the queue and its counts
@@ -72,7 +85,7 @@ class Writer:
         self._sending_since: float | None = None
         self.dropped = 0
         self.sent = 0
-        self.last_frame_at = 0.0  # time.monotonic() when the last frame was queued
+        self.last_frame_at = 0.0  # time.monotonic() when the last frame was sent
         self.stopped = False
 
     @property
@@ -86,28 +99,39 @@ class Writer:
 
     def frames(
         self,
-        items: list[tuple[str | bytes, bool]],
+        items: list[Outgoing],
         received: float,
         valid: Callable[[], bool] = always,
+        utterance: int = 0,
     ) -> None:
-        """Queue frame messages `(message, droppable)`; the droppable ones only while
-        `valid()` (checked under the queue's lock: false once interrupted)."""
-        for message, droppable in items:
-            self._wait_for_room(droppable)
+        """Queue frame messages (speech frames of `utterance` paced by their pts); the
+        droppable ones only while `valid()` (checked under the queue's lock: false once
+        interrupted)."""
+        for item in items:
+            self._wait_for_room(item.droppable)
             with self._lock:
-                if self.stopped or (droppable and not valid()):
+                if self.stopped or (item.droppable and not valid()):
                     continue
-                self._out.append(_Item(message, True, droppable, received))
+                now = time.perf_counter()
+                queued = _Item(
+                    item.message, True, item.droppable, received, utterance, item.pts_s, now, now
+                )
+                self._out.append(queued)
                 self._frames += 1
-                self.last_frame_at = time.monotonic()
             self._ready.set()
 
     def json(self, message: pydantic.BaseModel, valid: Callable[[], bool] = always) -> None:
-        """Queue a control message, if `valid()` (checked under the queue's lock)."""
+        """Queue a control message, if `valid()` (checked under the queue's lock); a
+        `pong` before the frames waiting."""
         with self._lock:
             if not valid():
                 return
-            self._out.append(_Item(message.model_dump_json(), False, False, 0.0))
+            item = _Item(message.model_dump_json(), False, False, 0.0)
+            if isinstance(message, p.Pong):
+                first_frame = next((n for n, q in enumerate(self._out) if q.frame), len(self._out))
+                self._out.insert(first_frame, item)
+            else:
+                self._out.append(item)
         self._ready.set()
 
     def drop_frames(self, then: Callable[[int], pydantic.BaseModel]) -> int:
@@ -120,6 +144,7 @@ class Writer:
             self._out.extend(kept)
             self._frames = sum(item.frame for item in kept)
             self._out.append(_Item(then(dropped).model_dump_json(), False, False, 0.0))
+            self._pacer.interrupted()
         self._ready.set()
         self._space.set()
         return dropped
@@ -147,34 +172,51 @@ class Writer:
                     return True
         return False
 
-    def _next(self) -> tuple[_Item | None, int]:
-        """The next message to send and the drops not reported yet (taken)."""
+    def _next(self) -> tuple[_Item | None, float, int]:
+        """The next message to send if it may go now, else how long to wait for it (at
+        most TICK_S); and the drops not reported yet (taken)."""
         with self._lock:
             dropped, self._dropped_unreported = self._dropped_unreported, 0
             if not self._out:
-                return None, dropped
-            item = self._out.popleft()
+                return None, TICK_S, dropped
+            item = self._out[0]
+            if item.pts_s is not None:
+                now = time.perf_counter()
+                item.due = self._pacer.due(item.utterance, item.pts_s, now)
+                if item.due > now:
+                    return None, min(item.due - now, TICK_S), dropped
+            self._out.popleft()
             if item.frame:
                 self._frames -= 1
         if item.frame:
             self._space.set()
-        return item, dropped
+        return item, 0.0, dropped
 
     def loop(self) -> None:
         """Send until `stop()`; TransportClosed when the peer goes."""
         while not self.stopped:
-            item, dropped = self._next()
+            item, wait, dropped = self._next()
             if dropped:
                 self._send(p.Dropped(count=dropped, total=self.dropped).model_dump_json())
             if item is None:
-                self._ready.wait(TICK_S)
+                self._ready.wait(wait)
                 self._ready.clear()
                 continue
             self._send(item.message)
             if item.frame:
-                self.sent += 1
-                obs.REALTIME_FRAMES_SENT.inc()
-                obs.REALTIME_FRAME_SECONDS.observe(time.perf_counter() - item.received)
+                self._frame_sent(item)
+
+    def _frame_sent(self, item: _Item) -> None:
+        """Count a frame sent; its latency leaves out the wait for its send time."""
+        now = time.perf_counter()
+        self.last_frame_at = time.monotonic()
+        if item.pts_s is not None:
+            with self._lock:
+                self._pacer.sent(item.pts_s)
+        self.sent += 1
+        obs.REALTIME_FRAMES_SENT.inc()
+        made = item.queued - item.received
+        obs.REALTIME_FRAME_SECONDS.observe(made + now - max(item.queued, item.due))
 
     def stop(self) -> None:
         self.stopped = True

@@ -1,9 +1,11 @@
 // Live mode: the microphone to the WebSocket /api/stream in 40 ms PCM chunks; the frames
 // drawn on a canvas at their presentation time plus a playback delay, and the speech played
-// back through a DelayNode with that same delay, so lips and voice match.
+// back through a DelayNode with that same delay, so lips and voice match. Frames come as
+// patch output: each frame of the avatar once, then per frame the JPEG of the region the
+// lips changed, drawn over its base frame.
 
 import { apiUrl, getApiKey, request, ServiceError } from "./api.js";
-import { unpackFrame } from "./frames.js";
+import { TYPE_BASE, TYPE_PATCH, unpackMessage, unpackPatch } from "./frames.js";
 
 const CHUNK_S = 0.04; // 40 ms of audio per message
 const SPEECH_RATE = 16000; // Wav2Lip's audio rate
@@ -19,6 +21,7 @@ const RECENT = 50; // latencies the delay follows
 const FPS_WINDOW_MS = 2000;
 const OPEN_ATTEMPTS = 3;
 const MAX_BACKLOG = 50; // 2 s of due frames: beyond, the oldest are skipped to catch up
+const KEEP_DECODED = 1; // base frames kept decoded when no queued frame uses them
 
 /** Figures of the live session, shown on the page and read by the browser tests. */
 export const liveStats = {
@@ -35,6 +38,9 @@ export const liveStats = {
   droppedByServer: 0,
   badFrames: 0,
   interrupts: 0,
+  bytesReceived: 0, // every binary message, base frames included
+  basesReceived: 0, // base frames (each frame of the avatar comes once)
+  lastDrawnIndex: null, // the index of the frame on the canvas, within its utterance
 };
 
 function percentile(values, q) {
@@ -52,13 +58,56 @@ function base64Of(file) {
   });
 }
 
+/**
+ * The base frames of a session: every one kept as its JPEG for the session (the server
+ * sends each once), decoded into an ImageBitmap while queued frames use it; the last
+ * KEEP_DECODED stay decoded, so an image avatar's one frame is decoded once and a video
+ * avatar's are not all held as bitmaps.
+ */
+class BaseFrames {
+  constructor() {
+    this.jpegs = new Map(); // avatar frame -> Blob
+    this.decoded = new Map(); // avatar frame -> {bitmap: Promise<ImageBitmap>, users}, oldest use first
+  }
+
+  add(index, jpeg) {
+    this.jpegs.set(index, new Blob([jpeg], { type: "image/jpeg" }));
+  }
+
+  has(index) {
+    return this.jpegs.has(index);
+  }
+
+  /** The bitmap of base frame `index`, held until release(index). */
+  acquire(index) {
+    const held = this.decoded.get(index) ?? { bitmap: createImageBitmap(this.jpegs.get(index)), users: 0 };
+    this.decoded.delete(index);
+    this.decoded.set(index, held); // now the most recently used
+    held.users++;
+    return held.bitmap;
+  }
+
+  release(index) {
+    this.decoded.get(index).users--;
+    let excess = this.decoded.size - KEEP_DECODED;
+    for (const [i, held] of this.decoded) {
+      if (excess <= 0) break;
+      if (held.users) continue;
+      this.decoded.delete(i);
+      held.bitmap.then((bitmap) => bitmap.close(), () => {});
+      excess--;
+    }
+  }
+}
+
 export class LiveSession {
   /** hooks: onUpdate(stats), onError(err), onBusy(seconds) */
   constructor({ canvas, playback, hooks }) {
     this.canvas = canvas;
     this.playback = playback;
     this.hooks = hooks;
-    this.queue = []; // frames waiting for their time: {due, bitmap}
+    this.queue = []; // frames waiting for their time, in order (see receiveBinary)
+    this.bases = new BaseFrames();
     this.latencies = [];
     this.drawTimes = [];
     this.receiveTimes = [];
@@ -69,10 +118,10 @@ export class LiveSession {
     Object.assign(liveStats, {
       state: "connecting", sessionId: null, framesReceived: 0, framesDrawn: 0, fpsReceived: 0,
       fpsDrawn: 0, fpsDrawnAverage: 0, latencyP50Ms: null, latencyP95Ms: null, delayMs: null,
-      droppedByServer: 0, badFrames: 0, interrupts: 0,
+      droppedByServer: 0, badFrames: 0, interrupts: 0, bytesReceived: 0, basesReceived: 0, lastDrawnIndex: null,
     });
     this.update();
-    const start = { type: "start", fps: FPS, protocol: "binary", output: { format: "jpeg", jpeg_quality: JPEG_QUALITY } };
+    const start = { type: "start", fps: FPS, protocol: "binary", output: { format: "patch", jpeg_quality: JPEG_QUALITY } };
     if (face.avatarId) start.avatar_id = face.avatarId;
     else {
       start.image = await base64Of(face.file);
@@ -139,7 +188,7 @@ export class LiveSession {
         ws.send(JSON.stringify(start));
       };
       ws.onmessage = ({ data }) => {
-        if (typeof data !== "string") return this.receiveFrame(data);
+        if (typeof data !== "string") return this.receiveBinary(data);
         const message = JSON.parse(data);
         if (message.type === "ready") {
           this.canvas.width = message.width;
@@ -189,7 +238,7 @@ export class LiveSession {
     if (message.type === "error") {
       this.hooks.onError(new ServiceError(message.code, message.message));
     } else if (message.type === "interrupted") {
-      this.queue = [];
+      this.dropQueue();
       this.utteranceStart = null; // the next audio is a new utterance, frames from 0
       liveStats.state = "live";
     } else if (message.type === "dropped") {
@@ -198,44 +247,85 @@ export class LiveSession {
     this.update();
   }
 
-  receiveFrame(buffer) {
-    if (liveStats.state !== "live" || this.utteranceStart === null) return; // old speech
-    let frame;
+  receiveBinary(buffer) {
+    liveStats.bytesReceived += buffer.byteLength;
+    let message, patch;
     try {
-      frame = unpackFrame(buffer);
+      message = unpackMessage(buffer);
+      if (message.type === TYPE_BASE) {
+        this.bases.add(message.index, message.payload); // kept whatever the state: sent once
+        liveStats.basesReceived++;
+        return;
+      }
+      if (message.type !== TYPE_PATCH) throw new Error(`unexpected message type ${message.type}`);
+      patch = unpackPatch(message.payload);
+      if (!this.bases.has(patch.base)) throw new Error(`patch over base frame ${patch.base}, which never came`);
     } catch {
       liveStats.badFrames++;
       return;
     }
-    const spoken = this.utteranceStart + frame.ptsMs / 1000;
+    if (liveStats.state !== "live" || this.utteranceStart === null) return; // old speech
+    const spoken = this.utteranceStart + message.ptsMs / 1000;
     const latency = this.audio.currentTime - spoken;
     if (!this.latencies.length) this.setDelay(latency + FIRST_DELAY_MARGIN_S, 0); // at once
     this.latencies.push(latency);
     if (this.latencies.length > RECENT) this.latencies.shift();
     liveStats.framesReceived++;
     this.receiveTimes.push(performance.now());
-    const entry = { due: spoken, bitmap: null };
+    const entry = {
+      due: spoken,
+      index: message.index,
+      baseIndex: patch.base,
+      x: patch.x,
+      y: patch.y,
+      base: null, // the bitmaps, once decoded (ready)
+      piece: null, // null too for a patch without a JPEG: the base as it is
+      ready: false,
+      done: false, // drawn or dropped
+    };
     this.queue.push(entry);
-    createImageBitmap(new Blob([frame.jpeg], { type: "image/jpeg" })).then(
-      (bitmap) => (entry.bitmap = bitmap),
+    const piece = patch.width ? createImageBitmap(new Blob([patch.jpeg], { type: "image/jpeg" })) : null;
+    Promise.all([this.bases.acquire(patch.base), piece]).then(
+      ([base, bitmap]) => {
+        if (entry.done) return bitmap?.close(); // dropped meanwhile
+        Object.assign(entry, { base, piece: bitmap, ready: true });
+      },
       () => {
+        if (entry.done) return;
         liveStats.badFrames++;
         this.queue = this.queue.filter((e) => e !== entry);
+        this.finish(entry);
       },
     );
   }
 
+  /** Done with a queued frame, drawn or dropped: its patch closed, its base released. */
+  finish(entry) {
+    entry.done = true;
+    entry.piece?.close();
+    this.bases.release(entry.baseIndex);
+  }
+
+  dropQueue() {
+    this.queue.forEach((entry) => this.finish(entry));
+    this.queue = [];
+  }
+
   /** Every animation frame: the next decoded frame whose time (+ delay) has come, in
-   * order; only a backlog of more than MAX_BACKLOG due frames is skipped to catch up. */
+   * order, as its base frame with its patch over it; only a backlog of more than
+   * MAX_BACKLOG due frames is skipped to catch up. */
   draw() {
     if (liveStats.state === "stopped" || liveStats.state === "failed") return;
     const now = this.audio.currentTime - this.delay.delayTime.value;
-    const due = (i) => i < this.queue.length && this.queue[i].bitmap && this.queue[i].due <= now;
-    while (due(MAX_BACKLOG)) this.queue.shift().bitmap?.close(); // over 2 s behind: catch up
+    const due = (i) => i < this.queue.length && this.queue[i].ready && this.queue[i].due <= now;
+    while (due(MAX_BACKLOG)) this.finish(this.queue.shift()); // over 2 s behind: catch up
     if (due(0)) {
-      const { bitmap } = this.queue.shift();
-      this.canvas.getContext("2d").drawImage(bitmap, 0, 0);
-      bitmap.close();
+      const entry = this.queue.shift();
+      const context = this.canvas.getContext("2d");
+      context.drawImage(entry.base, 0, 0);
+      if (entry.piece) context.drawImage(entry.piece, entry.x, entry.y);
+      this.finish(entry);
+      liveStats.lastDrawnIndex = entry.index;
       liveStats.framesDrawn++;
       const time = performance.now();
       this.drawTimes.push(time);
@@ -274,7 +364,7 @@ export class LiveSession {
     if (liveStats.state !== "live") return;
     liveStats.state = "interrupting"; // frames and audio wait for `interrupted`
     liveStats.interrupts++;
-    this.queue = [];
+    this.dropQueue();
     // The old speech still in the delay line is not played: silent until new speech is out.
     const now = this.audio.currentTime;
     this.volume.gain.cancelScheduledValues(now);
@@ -302,6 +392,7 @@ export class LiveSession {
 
   release() {
     clearInterval(this.timer);
+    this.dropQueue();
     this.mic?.getTracks().forEach((track) => track.stop());
     this.audio?.close().catch(() => {});
   }

@@ -1,0 +1,73 @@
+"""The pace of live speech frames (lipsync/server/realtime/pacing.py), on explicit clocks:
+no frame leaves earlier than the lead before its time, none is held once it is due (late
+ones catch up, real-time ones are never held), replies play back to back, an interrupt
+starts afresh."""
+
+from __future__ import annotations
+
+import pytest
+
+from lipsync.server.realtime.pacing import Pacer
+
+PERIOD = 0.04  # 25 fps
+LEAD = 0.2
+
+
+def send_all(pacer: Pacer, utterance: int, ready: list[float]) -> list[float]:
+    """Send times of frames 0.. of `utterance`, each made at `ready[i]`, by a writer that
+    sends each as soon as it is made and due (in order)."""
+    sent, now = [], 0.0
+    for index, made in enumerate(ready):
+        now = max(now, made)
+        now = max(now, pacer.due(utterance, index * PERIOD, now))
+        pacer.sent(index * PERIOD)
+        sent.append(now)
+    return sent
+
+
+def test_a_reply_made_at_once_leaves_at_real_time_the_lead_ahead():
+    pacer = Pacer(LEAD, PERIOD)
+    sent = send_all(pacer, 1, [1.0] * 50)
+    lead_frames = round(LEAD / PERIOD)
+    assert sent[: lead_frames + 1] == [1.0] * (lead_frames + 1)  # the lead's worth at once
+    for index, when in enumerate(sent):
+        assert when == pytest.approx(max(1.0, 1.0 + index * PERIOD - LEAD))
+    assert pacer.presented_until == pytest.approx(1.0 + 50 * PERIOD)
+
+
+def test_frames_made_late_leave_at_once_and_the_rest_keep_the_clock():
+    pacer = Pacer(LEAD, PERIOD)
+    ready = [0.0] * 10 + [2.0] * 10 + [0.0] * 40  # frames 10-19 made 1.6 s late
+    sent = send_all(pacer, 1, ready)
+    assert sent[10:20] == [2.0] * 10
+    for index in range(20, 60):
+        assert sent[index] == pytest.approx(max(2.0, index * PERIOD - LEAD))
+
+
+def test_frames_made_in_real_time_are_never_held_after_a_hiccup():
+    """A microphone's frames, each made 0.25 s after its time, one 1 s late: none waits."""
+    pacer = Pacer(LEAD, PERIOD)
+    ready = [index * PERIOD + 0.25 for index in range(100)]
+    ready[30] += 1.0
+    ready[31:] = [max(made, ready[30]) for made in ready[31:]]
+    assert send_all(pacer, 1, ready) == ready
+
+
+def test_the_next_reply_starts_when_the_last_one_ends():
+    pacer = Pacer(LEAD, PERIOD)
+    first = send_all(pacer, 1, [0.0] * 25)  # presented over [0, 1)
+    second = send_all(pacer, 2, [first[-1]] * 5)
+    assert second[0] == pytest.approx(1.0 - LEAD)
+    assert second[0] - first[-1] == pytest.approx(PERIOD)
+
+
+def test_after_an_interrupt_the_next_reply_starts_at_once():
+    pacer = Pacer(LEAD, PERIOD)
+    send_all(pacer, 1, [0.0] * 10)  # presented until 0.4
+    pacer.interrupted()
+    assert pacer.due(2, 0.0, 0.1) == pytest.approx(0.1 - LEAD)
+
+
+def test_asap_never_waits():
+    pacer = Pacer(None, PERIOD)
+    assert send_all(pacer, 1, [0.5] * 30) == [0.5] * 30
