@@ -19,7 +19,8 @@ from lipsync.live import LiveLipSync
 from lipsync.options import RenderOptions
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.batcher import FrameBatcher
-from lipsync.server.realtime.route import serve
+from lipsync.server.realtime.route import _ready, serve
+from lipsync.server.realtime.session import MAX_RENDER_S, Session
 from lipsync.server.realtime.slots import LiveSlots
 from lipsync.server.realtime.transport import LiveTransport, TransportClosed
 from lipsync.server.service import Service
@@ -210,3 +211,21 @@ def test_no_valid_start_closes_without_taking_a_session(service, first, code):
     assert transport.next() is CLOSED and transport.closed[0] == code
     thread.join(30)
     assert slots.open == 0 and slots.refusal("client") is None
+
+
+def test_a_long_audio_message_is_rendered_in_parts_so_the_first_frames_go_first(service):
+    """3 s in one message (a TTS reply): each render takes at most MAX_RENDER_S of it, the
+    rest stays queued, nothing lost or reordered."""
+    start = p.Start.model_validate_json(start_message())
+    face, output = _ready(service, start, FrameBatcher(16))
+    session = Session(MemoryTransport(), start, face, output, service.settings)
+    speech = np.arange(3 * 16000, dtype=np.float32)
+    session._queue_audio(speech)
+    parts = []
+    while (taken := session._take_audio(0)) is not None:
+        chunks, flushed, _ = taken
+        assert not flushed
+        parts.append(np.concatenate(chunks))
+    assert [len(part) for part in parts[:-1]] == [round(MAX_RENDER_S * 16000)] * (len(parts) - 1)
+    assert np.array_equal(np.concatenate(parts), speech)
+    output.close()

@@ -328,19 +328,21 @@ class Session:
 
     def _take_audio(self, epoch: int) -> tuple[list[np.ndarray], bool, float] | None:
         """The queued audio of `epoch` up to and including the first flush (if any), at
-        most about MAX_RENDER_S of it; None when there is none."""
+        most MAX_RENDER_S of it (a longer message is split); None when there is none."""
         chunks: list[np.ndarray] = []
-        received, taken = 0.0, 0
-        limit = MAX_RENDER_S * self.start.audio.sample_rate
+        received, room = 0.0, round(MAX_RENDER_S * self.start.audio.sample_rate)
         with self._lock:
             if not self._audio or self._epoch != epoch:
                 return None
-            while self._audio and taken < limit:
+            while self._audio and room > 0:
                 samples, received = self._audio.popleft()
                 if samples is None:
                     return chunks, True, received
+                if len(samples) > room:  # the rest waits for the next render
+                    self._audio.appendleft((samples[room:], received))
+                    samples = samples[:room]
                 chunks.append(samples)
-                taken += len(samples)
+                room -= len(samples)
                 self._pending_samples -= len(samples)
         return chunks, False, received
 

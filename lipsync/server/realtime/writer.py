@@ -182,7 +182,7 @@ class Writer:
             item = self._out[0]
             if item.pts_s is not None:
                 now = time.perf_counter()
-                item.due = self._pacer.due(item.utterance, item.pts_s, now)
+                item.due = self._pacer.due(item.utterance, item.pts_s, item.received)
                 if item.due > now:
                     return None, min(item.due - now, TICK_S), dropped
             self._out.popleft()
