@@ -31,10 +31,11 @@ from ws_raw import (
 )
 
 from lipsync.server.realtime import protocol as p
+from lipsync.server.realtime.protocol_doc import protocol_document
 from tools.local_server import worker_threads
 
 MAX_MESSAGE = 32 * 1024
-DOCUMENT = p.protocol_document()
+DOCUMENT = protocol_document()
 SCHEMAS = DOCUMENT["components"]["schemas"]
 CLOSE_CODES = {int(code) for code in DOCUMENT["close_codes"]}
 FUZZ = settings(

@@ -24,7 +24,7 @@ def send_all(
         now = max(now, made)
         arrived = made if received is None else received[index]
         now = max(now, pacer.due(utterance, index * PERIOD, arrived))
-        pacer.sent(index * PERIOD)
+        pacer.sent(utterance, index * PERIOD)
         sent.append(now)
     return sent
 
@@ -77,3 +77,31 @@ def test_after_an_interrupt_the_next_reply_starts_at_once():
 def test_asap_never_waits():
     pacer = Pacer(None, PERIOD)
     assert send_all(pacer, 1, [0.5] * 30) == [0.5] * 30
+
+
+def test_a_frame_sent_after_the_interrupt_does_not_hold_the_next_reply():
+    """The writer took a frame, the interrupt came while it was being sent: its `sent`
+    belongs to the old reply and leaves the new one's clock alone."""
+    pacer = Pacer(LEAD, PERIOD)
+    assert pacer.due(1, 0.0, 0.0) == -LEAD
+    pacer.interrupted()
+    pacer.sent(1, 0.5)
+    assert pacer.due(2, 0.0, 0.1) == pytest.approx(0.1 - LEAD)
+
+
+def test_only_frames_whose_time_has_passed_are_late():
+    pacer = Pacer(LEAD, PERIOD)
+    pacer.due(1, 0.0, 1.0)  # the clock of utterance 1 starts at 1.0
+    assert pacer.late(1, 0.0, 1.0)
+    assert not pacer.late(1, 2.0, 1.0)  # sent at 2.8 at the earliest
+    assert pacer.late(1, 2.0, 2.8)
+    assert pacer.late(1, None, 1.0)  # not paced
+    assert Pacer(None, PERIOD).late(1, 2.0, 0.0)
+
+
+def test_idle_frames_wait_for_the_speech_sent_and_unpace_sends_the_rest():
+    pacer = Pacer(LEAD, PERIOD)
+    send_all(pacer, 1, [0.0] * 25)  # presented until 1.0
+    assert pacer.speech_until() == pytest.approx(1.0 - LEAD)
+    pacer.unpace()
+    assert pacer.due(1, 10.0, 0.0) == float("-inf")

@@ -383,7 +383,7 @@ def test_frame_header_round_trip_and_crc_check():
 
 
 def test_pcm_decoding_averages_channels_and_refuses_partial_samples():
-    from lipsync.server.realtime.session import SessionClosed, decode_pcm
+    from lipsync.server.realtime.inbound import SessionClosed, decode_pcm
 
     stereo = np.array([[0.5, -0.25], [1.0, 0.0]], "<f4")
     fmt = p.AudioFormat(sample_rate=16000, encoding="f32le", channels=2)

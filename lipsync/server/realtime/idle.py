@@ -31,7 +31,7 @@ class Timeline:
     """Shared by the session's renderer and its idle loop."""
 
     position: int = 0  # the avatar frame (loop position) the next frame shows
-    last_speech_at: float = 0.0  # time.monotonic() when speech frames were last queued
+    last_speech_at: float = 0.0  # time.perf_counter() when speech frames were last queued
     idle_frames: int = 0
 
 
@@ -63,11 +63,11 @@ class IdleLoop:
         self._timeline = timeline
         self._producing = producing
         self._stopped = stopped
-        self._started = time.monotonic()
+        self._started = time.perf_counter()
 
     def run(self) -> None:
         while not self._stopped():
-            wait = self._due() - time.monotonic()
+            wait = self._due() - time.perf_counter()
             if wait > 0:
                 time.sleep(min(wait, self._period))
                 continue
@@ -85,6 +85,7 @@ class IdleLoop:
         return max(
             self._writer.last_frame_at + self._period,
             timeline.last_speech_at + IDLE_AFTER_FRAMES * self._period,
+            self._writer.idle_not_before(),
         )
 
     def _send_one(self) -> None:
@@ -92,6 +93,6 @@ class IdleLoop:
         source = loop_frame(timeline.position, len(self._frames))
         index, timeline.idle_frames = timeline.idle_frames, timeline.idle_frames + 1
         timeline.position += 1
-        pts_ms = round((time.monotonic() - self._started) * 1000)
+        pts_ms = round((time.perf_counter() - self._started) * 1000)
         items = run_in_thread(self._output.idle, self._frames[source], source, index, pts_ms)
         self._writer.frames(items, time.perf_counter(), lambda: True)

@@ -41,6 +41,7 @@ class Outgoing(NamedTuple):
     message: str | bytes
     droppable: bool
     pts_s: float | None = None  # a speech frame's presentation time in its utterance
+    counted: bool = True  # a frame (sent, bounded, measured), not a base frame
 
 
 def jpeg(image: np.ndarray, params: list[int]) -> bytes:
@@ -228,9 +229,9 @@ class PatchOutput(_PerFrame):
         self._sent.add(source)
         data = jpeg(self._bases[source], self._params)
         if self._binary:
-            return [Outgoing(p.pack_frame(source, 0, data, p.FRAME_TYPE_BASE), False)]
+            return [Outgoing(p.pack_frame(source, 0, data, p.FRAME_TYPE_BASE), False, None, False)]
         base = p.Base(index=source, data=base64.b64encode(data).decode("ascii"))
-        return [Outgoing(base.model_dump_json(), False)]
+        return [Outgoing(base.model_dump_json(), False, None, False)]
 
     def _patch(
         self,

@@ -7,13 +7,15 @@ where an `interrupt` can still drop it, and only the lead's worth is ever in the
 
 The clock of an utterance starts when the audio completing its first frame arrived (or
 when the previous utterance's frames end their presentation, if that is later: replies
-play back to back) and runs at real time. Anchored to the audio, not to when frames are
-made, a session fed in real time (a microphone) never has a frame held, whatever a render
-took, while a reply fed faster than real time leaves at the pace it will be played. A frame
-made after its send time (the renderer fell behind) leaves at once; the clock does not move
-for it, so the frames after it catch up. Without a lead (pace "asap") frames leave as soon
-as they are made. Times are seconds of one monotonic clock (`time.perf_counter`), passed
-in: the class is pure bookkeeping.
+play back to back) and runs at real time. Anchored to the audio, not to the renderer, a
+session fed in real time (a microphone) never has a frame held, however long a render
+took; a frame made late leaves at once and the clock does not move for it, so the frames
+after it catch up. The clock is the utterance's: a client that feeds replies with pauses
+between them flushes each (a new utterance, a new clock), else the frames after a pause
+are late on the old clock and leave as fast as they are made. Without a lead (pace
+"asap", or once the session is ending) frames leave as soon as they are made. Times are
+seconds of one monotonic clock (`time.perf_counter`), passed in: the class is pure
+bookkeeping, used under its writer's lock.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 
 
 class Pacer:
-    """The send times of one session's speech frames; used by its writer's loop alone."""
+    """The send times of one session's speech frames."""
 
     def __init__(self, lead_s: float | None, period_s: float) -> None:
         self.lead_s = lead_s
@@ -32,21 +34,37 @@ class Pacer:
         self.presented_until = -math.inf  # the end of the last sent frame's presentation
 
     def due(self, utterance: int, pts_s: float, received: float) -> float:
-        """When the frame at `pts_s` of `utterance` may leave; `received`: when the audio
-        completing it arrived (the clock's anchor for the utterance's first frame)."""
+        """When the frame at `pts_s` of `utterance`, whose audio arrived at `received`,
+        may leave; -inf: at once. Call it for the frame at the head of the queue."""
         if self.lead_s is None:
             return -math.inf
         if utterance != self._utterance:
             self._utterance = utterance
-            self._start = max(received, self.presented_until)
+            self._start = max(received - pts_s, self.presented_until)
         return self._start + pts_s - self.lead_s
 
-    def sent(self, pts_s: float) -> None:
-        """The frame at `pts_s` of the current utterance left."""
-        if self.lead_s is not None:
+    def late(self, utterance: int, pts_s: float | None, now: float) -> bool:
+        """Whether a waiting frame's send time has passed (a frame not paced, or of an
+        utterance whose clock has not started, is not early)."""
+        if self.lead_s is None or pts_s is None or utterance != self._utterance:
+            return True
+        return self._start + pts_s - self.lead_s <= now
+
+    def sent(self, utterance: int, pts_s: float) -> None:
+        """The frame at `pts_s` of `utterance` left (ignored if interrupted meanwhile)."""
+        if self.lead_s is not None and utterance == self._utterance:
             self.presented_until = self._start + pts_s + self._period_s
+
+    def speech_until(self) -> float:
+        """When the last speech frame sent ends its presentation, less the lead: what a
+        frame sent unpaced (idle) must not come before."""
+        return self.presented_until - (self.lead_s or 0.0)
 
     def interrupted(self) -> None:
         """The client dropped what it had of the reply: the next one starts at once."""
         self._utterance = None
         self.presented_until = -math.inf
+
+    def unpace(self) -> None:
+        """Every frame from now on leaves at once (the session is ending)."""
+        self.lead_s = None

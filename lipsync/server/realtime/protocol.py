@@ -267,7 +267,9 @@ class Frame(_Message):
     type: Literal["frame"] = "frame"
     index: int = Field(description="frame number within the utterance, from 0")
     pts_ms: int = Field(description="presentation time in the utterance, ms")
-    processing_ms: float = Field(description="from the audio completing it to sending")
+    processing_ms: float = Field(
+        description="from the audio completing it to its encoding (before any wait to be sent)"
+    )
     data: str = Field(description="base64 JPEG")
     idle: bool = Field(
         default=False,
@@ -300,7 +302,9 @@ class Patch(_Message):
     type: Literal["patch"] = "patch"
     index: int = Field(description="as in `frame`")
     pts_ms: int = Field(description="as in `frame`")
-    processing_ms: float = Field(description="from the audio completing it to sending")
+    processing_ms: float = Field(
+        description="from the audio completing it to its encoding (before any wait to be sent)"
+    )
     base: int = Field(description="the base frame it is drawn over")
     x: int
     y: int
@@ -396,61 +400,3 @@ def unpack_frame(message: bytes) -> tuple[int, int, bytes]:
     if kind != FRAME_TYPE_JPEG:
         raise ValueError(f"bad magic, type or length: type {kind}")
     return index, pts_ms, payload
-
-
-def protocol_document() -> dict[str, Any]:
-    """The protocol, machine-readable (served at /api/stream/protocol.json)."""
-    client = TypeAdapter(ClientMessage).json_schema(ref_template="#/components/schemas/{model}")
-    server = TypeAdapter(ServerMessage).json_schema(ref_template="#/components/schemas/{model}")
-    schemas = {**client.pop("$defs", {}), **server.pop("$defs", {})}
-    return {
-        "protocol": "lipsync-realtime",
-        "version": 1,
-        "url": "/api/stream",
-        "description": __doc__,
-        "client_messages": {"text": client, "binary": "raw PCM in the start's audio.encoding"},
-        "server_messages": {
-            "text": server,
-            "binary": {
-                "struct": FRAME_HEADER.format,
-                "fields": [
-                    "magic",
-                    "type",
-                    "reserved",
-                    "reserved",
-                    "index",
-                    "pts_ms",
-                    "length",
-                    "crc32",
-                ],
-                "magic": FRAME_MAGIC.decode(),
-                "types": {str(kind): meaning for kind, meaning in FRAME_TYPES.items()},
-                "size": FRAME_HEADER.size,
-                "patch_header": {
-                    "struct": PATCH_HEADER.format,
-                    "fields": ["base", "x", "y", "width", "height"],
-                    "size": PATCH_HEADER.size,
-                    "in": "the payload of types 5 and 6, before the JPEG",
-                },
-            },
-        },
-        "subprotocols": {
-            "answered": SUBPROTOCOL,
-            "api_key": f"offer {KEY_SUBPROTOCOL_PREFIX}<key> next to {SUBPROTOCOL} (browsers: "
-            f"new WebSocket(url, ['{SUBPROTOCOL}', '{KEY_SUBPROTOCOL_PREFIX}' + key])); a "
-            "wrong or missing key is refused before the upgrade (401)",
-        },
-        "close_codes": {
-            str(CLOSE_NORMAL): "`end` received",
-            str(CLOSE_PROTOCOL_ERROR): "a frame that breaks RFC 6455 (unmasked, reserved bits "
-            "or opcodes, a stray continuation)",
-            str(CLOSE_UNSUPPORTED_DATA): "audio before `start`, or an unknown message type",
-            str(CLOSE_INVALID_PAYLOAD): "bad JSON, base64, PCM length, or an invalid message",
-            str(CLOSE_POLICY): "no `start` in time, session too long, client idle, the reader "
-            "stalled, or `start` refused (after an `error` message)",
-            str(CLOSE_TOO_BIG): "a message over the size limit",
-            str(CLOSE_INTERNAL): "server error",
-            str(CLOSE_TRY_AGAIN): "every live session taken when `start` came: retry later",
-        },
-        "components": {"schemas": schemas},
-    }

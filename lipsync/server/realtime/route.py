@@ -32,14 +32,15 @@ from lipsync.server.openapi import errors, operation
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime import sock_transport
 from lipsync.server.realtime.batcher import FrameBatcher
+from lipsync.server.realtime.inbound import parse_text
 from lipsync.server.realtime.outputs import LiveOutput, make_output
+from lipsync.server.realtime.protocol_doc import protocol_document
 from lipsync.server.realtime.session import (
     PEER_GONE,
     SERVER_ERROR,
     Session,
     SessionClosed,
     SessionFace,
-    parse_text,
 )
 from lipsync.server.realtime.slots import LiveSlot, LiveSlots
 from lipsync.server.realtime.transport import LiveTransport, TransportClosed
@@ -86,7 +87,7 @@ def slots() -> LiveSlots:
     },
 )
 def protocol_json():
-    return jsonify(p.protocol_document())
+    return jsonify(protocol_document())
 
 
 @realtime.before_request

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pydantic
 
 from lipsync.engine import BatchStart, Wav2LipInferenceEngine
 from lipsync.errors import InvalidInputError, LipSyncError
@@ -47,6 +46,7 @@ from lipsync.server import observability as obs
 from lipsync.server.offload import run_in_thread
 from lipsync.server.realtime import protocol as p
 from lipsync.server.realtime.idle import IdleLoop, Timeline
+from lipsync.server.realtime.inbound import decode_pcm, parse_text
 from lipsync.server.realtime.outputs import LiveOutput, Outgoing, WebmOutput
 from lipsync.server.realtime.pacing import Pacer
 from lipsync.server.realtime.transport import LiveTransport, TransportClosed
@@ -54,7 +54,7 @@ from lipsync.server.realtime.writer import ROOM_POLL_S, SessionClosed, Writer
 from lipsync.serving.payloads import decode_base64
 from lipsync.settings import Settings
 
-__all__ = ["Session", "SessionClosed", "SessionFace", "decode_pcm", "parse_text"]
+__all__ = ["Session", "SessionClosed", "SessionFace"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,36 +98,6 @@ class _Rendered:
     received: float  # when the audio completing these frames arrived (perf_counter)
     flushed: int | None = None  # frames of the utterance, when this ended it
     error: LipSyncError | None = None
-
-
-def decode_pcm(data: bytes, fmt: p.AudioFormat) -> np.ndarray:
-    """Raw interleaved PCM -> (n,) float32 mono; SessionClosed 1007 if not whole samples."""
-    frame_bytes = p.SAMPLE_BYTES[fmt.encoding] * fmt.channels
-    if len(data) % frame_bytes:
-        raise SessionClosed(
-            p.CLOSE_INVALID_PAYLOAD,
-            f"audio of {len(data)} bytes is not a whole number of {frame_bytes}-byte samples",
-        )
-    if fmt.encoding == "pcm_s16le":
-        samples = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
-    else:
-        samples = np.frombuffer(data, "<f4").astype(np.float32)
-    if not np.isfinite(samples).all():
-        raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, "audio has NaN or infinite samples")
-    return samples.reshape(-1, fmt.channels).mean(axis=1, dtype=np.float32)
-
-
-def parse_text(text: str) -> p.Start | p.Audio | p.Flush | p.Interrupt | p.Ping | p.End:
-    """A client's JSON message; SessionClosed 1007 (bad JSON/fields) or 1003 (unknown type)."""
-    try:
-        return p.CLIENT_MESSAGE.validate_json(text)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors()
-        if errors and errors[0]["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            raise SessionClosed(p.CLOSE_UNSUPPORTED_DATA, "unknown message type") from None
-        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
-        where = ".".join(str(part) for part in first["loc"]) or "message"
-        raise SessionClosed(p.CLOSE_INVALID_PAYLOAD, f"{where}: {first['msg']}"[:120]) from None
 
 
 class Session:
@@ -178,7 +148,7 @@ class Session:
                 mime_type=self._output.mime_type,
             )
         )
-        self.writer.frames(self._output.opening(), time.perf_counter())
+        self.writer.frames(run_in_thread(self._output.opening), time.perf_counter())
         loops = [self._render_loop, self.writer.loop]
         if self.start.idle:
             idle = IdleLoop(
@@ -264,6 +234,7 @@ class Session:
         finished: what it held goes out) has been sent."""
         if isinstance(self._output, WebmOutput):
             self._drop_audio()  # no more rendering
+            self.writer.unpace()  # what waits goes at once
             with self._producing:
                 items = run_in_thread(self._output.finish)
                 self.writer.frames(items, time.perf_counter())
@@ -377,7 +348,7 @@ class Session:
         if self._done:
             return
         if rendered.frames:
-            self._timeline.last_speech_at = time.monotonic()
+            self._timeline.last_speech_at = time.perf_counter()
         # Interrupted meanwhile: its JPEGs are of dropped speech (WebM bytes still go).
         current = functools.partial(self._current, rendered)
         self.writer.frames(rendered.items, rendered.received, current, rendered.utterance)

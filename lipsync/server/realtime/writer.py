@@ -10,8 +10,10 @@ close a reader that takes nothing for too long.
 Speech frames are paced (`pacing.Pacer`): the loop holds a frame at the head of the queue
 until its send time (woken early by anything queued or dropped meanwhile), so with pace
 "realtime" the queue is where a reply fed faster than real time waits, and `interrupt`
-drops it there. A `pong` goes ahead of waiting frames (it measures the round trip, not the
-pacing); every other message keeps its place.
+drops it there; what an interrupt cannot drop (WebM bytes) then leaves unpaced, so the
+`interrupted` behind it is not held. A slow reader only costs frames whose send time has
+passed: a frame waiting for its time is not dropped. A `pong` goes ahead of waiting frames
+(it measures the round trip, not the pacing); every other message keeps its place.
 
 The queue has its own lock: the renderer and the idle loop add frames, the reading loop
 adds controls and drops frames (interrupt), the writer's loop takes them, each possibly
@@ -23,6 +25,7 @@ drops it or not at all.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -60,13 +63,13 @@ class SessionClosed(Exception):
 @dataclass
 class _Item:
     message: str | bytes
-    frame: bool  # a frame or WebM chunk (counted, bounded); else a control message
+    frame: bool  # a frame or WebM chunk (counted, bounded); else a control or base frame
     droppable: bool
     received: float  # perf_counter when the audio completing it arrived
     utterance: int = 0
     pts_s: float | None = None  # presentation time in the utterance: a paced frame
-    queued: float = 0.0  # perf_counter when queued
-    due: float = 0.0  # perf_counter when it may be sent
+    made: float = 0.0  # perf_counter when handed to the writer
+    due: float = -math.inf  # perf_counter when it may be sent
 
 
 class Writer:
@@ -85,7 +88,7 @@ class Writer:
         self._sending_since: float | None = None
         self.dropped = 0
         self.sent = 0
-        self.last_frame_at = 0.0  # time.monotonic() when the last frame was sent
+        self.last_frame_at = 0.0  # time.perf_counter() when the last frame was sent
         self.stopped = False
 
     @property
@@ -106,18 +109,21 @@ class Writer:
     ) -> None:
         """Queue frame messages (speech frames of `utterance` paced by their pts); the
         droppable ones only while `valid()` (checked under the queue's lock: false once
-        interrupted)."""
+        interrupted; the others then go unpaced)."""
+        made = time.perf_counter()
         for item in items:
-            self._wait_for_room(item.droppable)
+            if item.counted:
+                self._wait_for_room(item.droppable)
             with self._lock:
-                if self.stopped or (item.droppable and not valid()):
+                current = valid()
+                if self.stopped or (item.droppable and not current):
                     continue
-                now = time.perf_counter()
+                pts_s = item.pts_s if current else None
                 queued = _Item(
-                    item.message, True, item.droppable, received, utterance, item.pts_s, now, now
+                    item.message, item.counted, item.droppable, received, utterance, pts_s, made
                 )
                 self._out.append(queued)
-                self._frames += 1
+                self._frames += item.counted
             self._ready.set()
 
     def json(self, message: pydantic.BaseModel, valid: Callable[[], bool] = always) -> None:
@@ -139,6 +145,8 @@ class Writer:
         their place, at once; -> how many were dropped."""
         with self._lock:
             kept = [item for item in self._out if not item.droppable]
+            for item in kept:
+                item.pts_s = None  # of the interrupted speech: nothing to pace
             dropped = len(self._out) - len(kept)
             self._out.clear()
             self._out.extend(kept)
@@ -161,9 +169,11 @@ class Writer:
             self._space.clear()
 
     def _drop_oldest(self) -> bool:
+        """Drop the oldest droppable frame whose send time has passed, if any."""
+        now = time.perf_counter()
         with self._lock:
             for position, item in enumerate(self._out):
-                if item.droppable:
+                if item.droppable and self._pacer.late(item.utterance, item.pts_s, now):
                     del self._out[position]
                     self._frames -= 1
                     self._dropped_unreported += 1
@@ -209,14 +219,25 @@ class Writer:
     def _frame_sent(self, item: _Item) -> None:
         """Count a frame sent; its latency leaves out the wait for its send time."""
         now = time.perf_counter()
-        self.last_frame_at = time.monotonic()
+        self.last_frame_at = now
         if item.pts_s is not None:
             with self._lock:
-                self._pacer.sent(item.pts_s)
+                self._pacer.sent(item.utterance, item.pts_s)
         self.sent += 1
         obs.REALTIME_FRAMES_SENT.inc()
-        made = item.queued - item.received
-        obs.REALTIME_FRAME_SECONDS.observe(made + now - max(item.queued, item.due))
+        rendered = item.made - item.received
+        obs.REALTIME_FRAME_SECONDS.observe(rendered + now - max(item.made, item.due))
+
+    def idle_not_before(self) -> float:
+        """perf_counter time before which an idle frame would come inside paced speech."""
+        with self._lock:
+            return self._pacer.speech_until()
+
+    def unpace(self) -> None:
+        """Send what waits at once (the session is ending)."""
+        with self._lock:
+            self._pacer.unpace()
+        self._ready.set()
 
     def stop(self) -> None:
         self.stopped = True

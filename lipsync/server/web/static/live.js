@@ -80,7 +80,12 @@ class BaseFrames {
 
   /** The bitmap of base frame `index`, held until release(index). */
   acquire(index) {
-    const held = this.decoded.get(index) ?? { bitmap: createImageBitmap(this.jpegs.get(index)), users: 0 };
+    let held = this.decoded.get(index);
+    if (!held) {
+      held = { bitmap: createImageBitmap(this.jpegs.get(index)), users: 0 };
+      // A base that fails to decode is not kept failed: the next frame over it tries again.
+      held.bitmap.catch(() => this.decoded.get(index) === held && this.decoded.delete(index));
+    }
     this.decoded.delete(index);
     this.decoded.set(index, held); // now the most recently used
     held.users++;
@@ -88,7 +93,8 @@ class BaseFrames {
   }
 
   release(index) {
-    this.decoded.get(index).users--;
+    const held = this.decoded.get(index);
+    if (held) held.users--;
     let excess = this.decoded.size - KEEP_DECODED;
     for (const [i, held] of this.decoded) {
       if (excess <= 0) break;
