@@ -74,6 +74,24 @@ def test_a_slow_send_drops_only_frames_whose_time_passed(stop_after):
     assert sent[-(75 - late_by_then) :] == list(range(late_by_then, 75))
 
 
+def test_a_slow_send_before_a_reply_starts_drops_only_its_late_frames(stop_after):
+    """A 1 s hiccup sending the message before a 6 s reply (a base frame, an idle frame):
+    the reply's clock runs from its audio's arrival, so only the frames due by the end of
+    the hiccup may go, and the rest of the reply is still paced."""
+    transport = SlowOnceTransport(block=0, seconds=1.0)
+    writer = Writer(transport, 8, Pacer(0.2, 1 / FPS))
+    stop_after(writer)
+    running(writer)
+    received = time.perf_counter()
+    writer.frames([Outgoing(b"base", False, None, False)], received)
+    writer.frames(speech(150), received, utterance=1)
+    sent = [(t, int(m.split()[1])) for t, m in transport.sent if m[:5] == b"frame"]
+    late_by_then = round((1.0 + 0.2 + 0.1) * FPS)
+    assert writer.dropped <= late_by_then
+    for when, index in sent:
+        assert when >= received + index / FPS - 0.2 - 0.01, index  # still paced
+
+
 def test_webm_bytes_kept_by_an_interrupt_leave_unpaced(stop_after):
     transport = SlowOnceTransport()
     writer = Writer(transport, 8, Pacer(0.2, 1 / FPS))

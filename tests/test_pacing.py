@@ -89,14 +89,17 @@ def test_a_frame_sent_after_the_interrupt_does_not_hold_the_next_reply():
     assert pacer.due(2, 0.0, 0.1) == pytest.approx(0.1 - LEAD)
 
 
-def test_only_frames_whose_time_has_passed_are_late():
+def test_send_times_are_known_before_a_clock_starts():
+    """`send_time` starts no clock: an utterance not started yet is placed where `due`
+    would start it (its anchor, or after the speech sent); a frame not paced is due."""
     pacer = Pacer(LEAD, PERIOD)
-    pacer.due(1, 0.0, 1.0)  # the clock of utterance 1 starts at 1.0
-    assert pacer.late(1, 0.0, 1.0)
-    assert not pacer.late(1, 2.0, 1.0)  # sent at 2.8 at the earliest
-    assert pacer.late(1, 2.0, 2.8)
-    assert pacer.late(1, None, 1.0)  # not paced
-    assert Pacer(None, PERIOD).late(1, 2.0, 0.0)
+    assert pacer.send_time(1, 2.0, 1.0) == pytest.approx(2.8)
+    assert pacer.due(1, 0.0, 1.0) == pytest.approx(0.8)  # now started at 1.0
+    assert pacer.send_time(1, 2.0, 5.0) == pytest.approx(2.8)  # its clock, not the anchor
+    pacer.sent(1, 1.0)  # presented until 2.04
+    assert pacer.send_time(2, 0.0, 1.5) == pytest.approx(2.04 - LEAD)
+    assert pacer.send_time(1, None, 1.0) == float("-inf")
+    assert Pacer(None, PERIOD).send_time(1, 2.0, 0.0) == float("-inf")
 
 
 def test_idle_frames_wait_for_the_speech_sent_and_unpace_sends_the_rest():

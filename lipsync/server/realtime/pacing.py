@@ -33,22 +33,22 @@ class Pacer:
         self._start = 0.0  # the clock: when the utterance's frame 0 is presented
         self.presented_until = -math.inf  # the end of the last sent frame's presentation
 
-    def due(self, utterance: int, pts_s: float, received: float) -> float:
-        """When the frame at `pts_s` of `utterance`, whose audio arrived at `received`,
-        may leave; -inf: at once. Call it for the frame at the head of the queue."""
-        if self.lead_s is None:
-            return -math.inf
-        if utterance != self._utterance:
+    def due(self, utterance: int, pts_s: float, anchor: float) -> float:
+        """When the frame at `pts_s` of `utterance` may leave (-inf: at once); `anchor`:
+        when the audio completing the utterance's first frame arrived. Called for the
+        frame at the head of the queue, it starts the utterance's clock."""
+        if self.lead_s is not None and utterance != self._utterance:
             self._utterance = utterance
-            self._start = max(received - pts_s, self.presented_until)
-        return self._start + pts_s - self.lead_s
+            self._start = max(anchor, self.presented_until)
+        return self.send_time(utterance, pts_s, anchor)
 
-    def late(self, utterance: int, pts_s: float | None, now: float) -> bool:
-        """Whether a waiting frame's send time has passed (a frame not paced, or of an
-        utterance whose clock has not started, is not early)."""
-        if self.lead_s is None or pts_s is None or utterance != self._utterance:
-            return True
-        return self._start + pts_s - self.lead_s <= now
+    def send_time(self, utterance: int, pts_s: float | None, anchor: float) -> float:
+        """When a frame may leave, without starting a clock (that of an utterance not yet
+        started is where `due` would start it); -inf for a frame not paced."""
+        if self.lead_s is None or pts_s is None:
+            return -math.inf
+        start = self._start if utterance == self._utterance else max(anchor, self.presented_until)
+        return start + pts_s - self.lead_s
 
     def sent(self, utterance: int, pts_s: float) -> None:
         """The frame at `pts_s` of `utterance` left (ignored if interrupted meanwhile)."""

@@ -96,6 +96,7 @@ class _Rendered:
     items: list[Outgoing]
     frames: int
     received: float  # when the audio completing these frames arrived (perf_counter)
+    anchor: float  # when the audio completing the utterance's first frame arrived
     flushed: int | None = None  # frames of the utterance, when this ended it
     error: LipSyncError | None = None
 
@@ -122,6 +123,7 @@ class Session:
         self._lock = threading.Lock()  # _epoch, _audio, _pending_samples, _closing
         self._epoch = 0
         self._utterance = 0  # counts the session's utterances (the pacing clock's key)
+        self._anchor = 0.0  # the utterance's `_Rendered.anchor` (set by its first frames)
         # (samples or None for a flush, perf_counter when received): the current epoch's
         self._audio: collections.deque[tuple[np.ndarray | None, float]] = collections.deque()
         self._pending_samples = 0
@@ -338,11 +340,14 @@ class Session:
         made = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
         items = []
         if len(made):
+            if first == 0:
+                self._anchor = received
             shown = live.first_frame + live.num_frames
             sources = frame_order(shown, self._face.prepared.num_frames)[shown - len(made) :]
             items = self._output.speech(made, first, received, sources)
         flushed = live.num_frames if flush else None
-        return _Rendered(epoch, self._utterance, items, len(made), received, flushed, error)
+        utterance = self._utterance
+        return _Rendered(epoch, utterance, items, len(made), received, self._anchor, flushed, error)
 
     def _deliver(self, rendered: _Rendered) -> None:
         if self._done:
@@ -351,7 +356,9 @@ class Session:
             self._timeline.last_speech_at = time.perf_counter()
         # Interrupted meanwhile: its JPEGs are of dropped speech (WebM bytes still go).
         current = functools.partial(self._current, rendered)
-        self.writer.frames(rendered.items, rendered.received, current, rendered.utterance)
+        self.writer.frames(
+            rendered.items, rendered.received, current, rendered.utterance, rendered.anchor
+        )
         if rendered.error is not None:
             code = rendered.error.code.code
             self.writer.json(p.ErrorMessage(code=code, message=str(rendered.error)), current)

@@ -68,6 +68,7 @@ class _Item:
     received: float  # perf_counter when the audio completing it arrived
     utterance: int = 0
     pts_s: float | None = None  # presentation time in the utterance: a paced frame
+    anchor: float = 0.0  # when the audio of the utterance's first frame arrived
     made: float = 0.0  # perf_counter when handed to the writer
     due: float = -math.inf  # perf_counter when it may be sent
 
@@ -106,10 +107,12 @@ class Writer:
         received: float,
         valid: Callable[[], bool] = always,
         utterance: int = 0,
+        anchor: float | None = None,
     ) -> None:
-        """Queue frame messages (speech frames of `utterance` paced by their pts); the
-        droppable ones only while `valid()` (checked under the queue's lock: false once
-        interrupted; the others then go unpaced)."""
+        """Queue frame messages (speech frames of `utterance` paced by their pts on the
+        clock `anchor` starts, default `received`); the droppable ones only while
+        `valid()` (checked under the queue's lock: false once interrupted; the others
+        then go unpaced)."""
         made = time.perf_counter()
         for item in items:
             if item.counted:
@@ -120,7 +123,14 @@ class Writer:
                     continue
                 pts_s = item.pts_s if current else None
                 queued = _Item(
-                    item.message, item.counted, item.droppable, received, utterance, pts_s, made
+                    item.message,
+                    item.counted,
+                    item.droppable,
+                    received,
+                    utterance,
+                    pts_s,
+                    received if anchor is None else anchor,
+                    made,
                 )
                 self._out.append(queued)
                 self._frames += item.counted
@@ -146,7 +156,7 @@ class Writer:
         with self._lock:
             kept = [item for item in self._out if not item.droppable]
             for item in kept:
-                item.pts_s = None  # of the interrupted speech: nothing to pace
+                item.pts_s, item.due = None, -math.inf  # of the interrupted speech: not paced
             dropped = len(self._out) - len(kept)
             self._out.clear()
             self._out.extend(kept)
@@ -169,11 +179,14 @@ class Writer:
             self._space.clear()
 
     def _drop_oldest(self) -> bool:
-        """Drop the oldest droppable frame whose send time has passed, if any."""
+        """Drop the oldest droppable frame whose send time has passed, if any (send times
+        never decrease along the queue: the first one still to come ends the search)."""
         now = time.perf_counter()
         with self._lock:
             for position, item in enumerate(self._out):
-                if item.droppable and self._pacer.late(item.utterance, item.pts_s, now):
+                if self._pacer.send_time(item.utterance, item.pts_s, item.anchor) > now:
+                    return False
+                if item.droppable:
                     del self._out[position]
                     self._frames -= 1
                     self._dropped_unreported += 1
@@ -192,7 +205,7 @@ class Writer:
             item = self._out[0]
             if item.pts_s is not None:
                 now = time.perf_counter()
-                item.due = self._pacer.due(item.utterance, item.pts_s, item.received)
+                item.due = self._pacer.due(item.utterance, item.pts_s, item.anchor)
                 if item.due > now:
                     return None, min(item.due - now, TICK_S), dropped
             self._out.popleft()
