@@ -103,8 +103,11 @@ def test_send_times_are_known_before_a_clock_starts():
 
 
 def test_idle_frames_wait_for_the_speech_sent_and_unpace_sends_the_rest():
+    """The idle loop's rule (a frame period after the last frame sent) puts the first idle
+    frame where the paced speech ends, less the lead: at 1.0 - LEAD here."""
     pacer = Pacer(LEAD, PERIOD)
-    send_all(pacer, 1, [0.0] * 25)  # presented until 1.0
-    assert pacer.speech_until() == pytest.approx(1.0 - LEAD)
+    sent = send_all(pacer, 1, [0.0] * 25)  # presented until 1.0
+    assert sent[-1] + PERIOD == pytest.approx(1.0 - LEAD)
+    assert pacer.presented_until == pytest.approx(1.0)
     pacer.unpace()
     assert pacer.due(1, 10.0, 0.0) == float("-inf")

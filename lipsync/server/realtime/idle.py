@@ -80,12 +80,13 @@ class IdleLoop:
                 self._producing.release()
 
     def _due(self) -> float:
-        """When the next idle frame may go."""
+        """When the next idle frame may go: a frame period after the last frame sent (for
+        paced speech, where its presentation ends less the lead, like the next speech frame
+        would), and IDLE_AFTER_FRAMES periods after speech was last made."""
         timeline = self._timeline
         return max(
             self._writer.last_frame_at + self._period,
             timeline.last_speech_at + IDLE_AFTER_FRAMES * self._period,
-            self._writer.idle_not_before(),
         )
 
     def _send_one(self) -> None:

@@ -74,6 +74,28 @@ class _PerFrame:
     def close(self) -> None:
         pass
 
+    def speech(
+        self, frames: np.ndarray, first_index: int, received: float, sources: np.ndarray
+    ) -> list[Outgoing]:
+        """Messages of speech frames `first_index`... of the utterance, (k, H, W, 3) uint8,
+        each paced by its pts; `sources`: (k,) the avatar frame each shows."""
+        out = []
+        for index, (frame, source) in enumerate(zip(frames, sources, strict=True), first_index):
+            out += self._before(int(source))
+            pts_ms = round(index * 1000 / self._fps)
+            message = self._speech_message(frame, int(source), index, pts_ms, received)
+            out.append(Outgoing(message, True, index / self._fps))
+        return out
+
+    def _before(self, source: int) -> list[Outgoing]:
+        """What must reach the client before a frame showing avatar frame `source`."""
+        return []
+
+    def _speech_message(
+        self, frame: np.ndarray, source: int, index: int, pts_ms: int, received: float
+    ) -> str | bytes:
+        raise NotImplementedError
+
 
 class JpegOutput(_PerFrame):
     """A message per frame: binary (header type 1 speech, 2 idle) or a JSON `frame`."""
@@ -82,17 +104,10 @@ class JpegOutput(_PerFrame):
         super().__init__(start, fps)
         self._idle_jpegs: dict[int, bytes] = {}  # avatar frame -> its JPEG (made once)
 
-    def speech(
-        self, frames: np.ndarray, first_index: int, received: float, sources: np.ndarray
-    ) -> list[Outgoing]:
-        """Messages of speech frames `first_index`... of the utterance, (k, H, W, 3) uint8;
-        `sources`: (k,) the avatar frame each shows (used by patch output)."""
-        out = []
-        for index, frame in enumerate(frames, first_index):
-            pts_ms = round(index * 1000 / self._fps)
-            message = self._message(jpeg(frame, self._params), index, pts_ms, received, idle=False)
-            out.append(Outgoing(message, True, index / self._fps))
-        return out
+    def _speech_message(
+        self, frame: np.ndarray, source: int, index: int, pts_ms: int, received: float
+    ) -> str | bytes:
+        return self._message(jpeg(frame, self._params), index, pts_ms, received, idle=False)
 
     def idle(self, frame: np.ndarray, source: int, index: int, pts_ms: int) -> list[Outgoing]:
         data = self._idle_jpegs.get(source)
@@ -207,17 +222,14 @@ class PatchOutput(_PerFrame):
         """An image's one frame, right after `ready`."""
         return self._base(0) if len(self._bases) == 1 else []
 
-    def speech(
-        self, frames: np.ndarray, first_index: int, received: float, sources: np.ndarray
-    ) -> list[Outgoing]:
-        """Per frame its base (the first time) and its patch, paced by its pts."""
-        out = []
-        for index, (frame, source) in enumerate(zip(frames, sources, strict=True), first_index):
-            out += self._base(int(source))
-            pts_ms = round(index * 1000 / self._fps)
-            patch = self._patch(frame, int(source), index, pts_ms, received, idle=False)
-            out.append(Outgoing(patch, True, index / self._fps))
-        return out
+    def _before(self, source: int) -> list[Outgoing]:
+        """Its base frame, the first time one is shown."""
+        return self._base(source)
+
+    def _speech_message(
+        self, frame: np.ndarray, source: int, index: int, pts_ms: int, received: float
+    ) -> str | bytes:
+        return self._patch(frame, source, index, pts_ms, received, idle=False)
 
     def idle(self, frame: np.ndarray, source: int, index: int, pts_ms: int) -> list[Outgoing]:
         patch = self._patch(frame, source, index, pts_ms, time.perf_counter(), idle=True)

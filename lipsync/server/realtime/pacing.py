@@ -55,11 +55,6 @@ class Pacer:
         if self.lead_s is not None and utterance == self._utterance:
             self.presented_until = self._start + pts_s + self._period_s
 
-    def speech_until(self) -> float:
-        """When the last speech frame sent ends its presentation, less the lead: what a
-        frame sent unpaced (idle) must not come before."""
-        return self.presented_until - (self.lead_s or 0.0)
-
     def interrupted(self) -> None:
         """The client dropped what it had of the reply: the next one starts at once."""
         self._utterance = None

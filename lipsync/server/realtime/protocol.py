@@ -261,21 +261,31 @@ class Ready(_Message):
     )
 
 
+# The fields a frame message (`frame`, `patch`) has in both forms.
+FrameIndex = Annotated[int, Field(description="frame number within the utterance, from 0")]
+FramePts = Annotated[int, Field(description="presentation time in the utterance, ms")]
+ProcessingMs = Annotated[
+    float,
+    Field(description="from the audio completing it to its encoding (before any wait to be sent)"),
+]
+IdleFlag = Annotated[
+    bool,
+    Field(
+        description="an idle frame (the avatar's own): index counts the session's idle "
+        "frames, pts_ms is from `ready`"
+    ),
+]
+
+
 class Frame(_Message):
     """A frame in the JSON protocol (the binary protocol sends FRAME_HEADER + JPEG)."""
 
     type: Literal["frame"] = "frame"
-    index: int = Field(description="frame number within the utterance, from 0")
-    pts_ms: int = Field(description="presentation time in the utterance, ms")
-    processing_ms: float = Field(
-        description="from the audio completing it to its encoding (before any wait to be sent)"
-    )
+    index: FrameIndex
+    pts_ms: FramePts
+    processing_ms: ProcessingMs
     data: str = Field(description="base64 JPEG")
-    idle: bool = Field(
-        default=False,
-        description="an idle frame (the avatar's own): index counts the session's idle "
-        "frames, pts_ms is from `ready`",
-    )
+    idle: IdleFlag = False
 
 
 class WebmChunk(_Message):
@@ -300,18 +310,16 @@ class Patch(_Message):
     types 5 and 6)."""
 
     type: Literal["patch"] = "patch"
-    index: int = Field(description="as in `frame`")
-    pts_ms: int = Field(description="as in `frame`")
-    processing_ms: float = Field(
-        description="from the audio completing it to its encoding (before any wait to be sent)"
-    )
+    index: FrameIndex
+    pts_ms: FramePts
+    processing_ms: ProcessingMs
     base: int = Field(description="the base frame it is drawn over")
     x: int
     y: int
     width: int = Field(description="0: no JPEG, the base frame as it is")
     height: int
     data: str = Field(description="base64 JPEG of the rectangle (empty when width is 0)")
-    idle: bool = Field(default=False, description="an idle frame, as in `frame`")
+    idle: IdleFlag = False
 
 
 class Pong(_Message):

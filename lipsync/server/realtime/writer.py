@@ -241,11 +241,6 @@ class Writer:
         rendered = item.made - item.received
         obs.REALTIME_FRAME_SECONDS.observe(rendered + now - max(item.made, item.due))
 
-    def idle_not_before(self) -> float:
-        """perf_counter time before which an idle frame would come inside paced speech."""
-        with self._lock:
-            return self._pacer.speech_until()
-
     def unpace(self) -> None:
         """Send what waits at once (the session is ending)."""
         with self._lock:
